@@ -1,0 +1,3 @@
+from .bimamba import RESIDUAL_START, BiMamba
+
+__all__ = ["BiMamba", "RESIDUAL_START"]
