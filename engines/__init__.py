@@ -1,0 +1,1 @@
+"""Training / evaluation loops and the two training back ends (native torch, DeepSpeed)."""

@@ -1,0 +1,275 @@
+"""Fine-tuning loops: train_one_epoch, evaluate (single view), final_test (multi-view files) and merge.
+
+Batches follow the datasets contract: train (clip, label, index, n_replaced), val (clip, label, id, ok),
+test (clip, label, id, chunk_nb, split_nb, ok); ImageNet batches are (img, label).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from utils.distributed import all_reduce_sum, get_rank
+from utils.logger import MetricLogger, SmoothedValue
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised on every rank when any rank saw a non-finite loss (after the state was saved)."""
+
+
+class TooManyBadSamplesError(RuntimeError):
+    """Raised when more than --max_bad_samples unreadable training samples were replaced in total."""
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[torch.Tensor]:
+    """Top-k accuracy in percent; k is capped at the number of classes."""
+    maxk = min(max(topk), output.shape[1])
+    _, pred = output.topk(maxk, 1, True, True)
+    correct = pred.t().eq(target.reshape(1, -1).expand_as(pred.t()))
+    return [correct[: min(k, maxk)].reshape(-1).float().sum() * 100.0 / max(target.shape[0], 1) for k in topk]
+
+
+def _to_list(x):
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    return list(x)
+
+
+def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedule, wd_schedule=None,
+                    start_steps: int = 0, num_training_steps_per_epoch: int | None = None, mixup_fn=None,
+                    model_ema=None, log_writer=None, on_nonfinite=None, bad_so_far: int = 0,
+                    print_freq: int = 10, max_steps: int | None = None) -> dict:
+    """One epoch; lr/wd set per optimizer step from the schedules (index = global optimizer step).
+
+    ``on_nonfinite(epoch, step)`` is called on every rank (it saves state, rank-aware) before raising
+    NonFiniteLossError. Returns averaged meters plus ``n_replaced`` (summed over ranks).
+    """
+    model = backend.model
+    model.train(True)
+    device = torch.device(args.device)
+    update_freq = int(args.update_freq)
+    if num_training_steps_per_epoch is None:
+        num_training_steps_per_epoch = len(data_loader) // update_freq
+    n_iters = num_training_steps_per_epoch * update_freq
+    if max_steps is not None:
+        n_iters = min(n_iters, max_steps * update_freq)
+    metric_logger = MetricLogger(delimiter="  ")
+    metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    metric_logger.add_meter("min_lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    header = f"Epoch: [{epoch}]"
+    epoch_replaced = 0
+    backend.optimizer.zero_grad(set_to_none=True)
+    data_iter = iter(data_loader)
+    for data_iter_step in metric_logger.log_every(range(n_iters), print_freq, header):
+        batch = next(data_iter)
+        samples, targets = batch[0], batch[1]
+        n_rep = int(torch.as_tensor(batch[3]).sum().item()) if len(batch) >= 4 else 0
+        step = data_iter_step // update_freq
+        it = start_steps + step
+        if data_iter_step % update_freq == 0:
+            for group in backend.optimizer.param_groups:
+                group["lr"] = float(lr_schedule[it]) * group.get("lr_scale", 1.0)
+                if wd_schedule is not None and group["weight_decay"] > 0:
+                    group["weight_decay"] = float(wd_schedule[it])
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            samples, targets = mixup_fn(samples, targets)
+        with backend.autocast():
+            output = model(backend.prepare_input(samples))
+            loss = criterion(output.float(), targets)
+        loss_value = float(loss.item())
+        # one all-reduce per step: any rank non-finite stops all ranks; replaced-sample counts summed.
+        flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(n_rep)],
+                                            dtype=torch.float64))
+        epoch_replaced += int(flags[1].item())
+        if flags[0].item() > 0:
+            msg = (f"non-finite loss ({loss_value} on rank {get_rank()}) at epoch {epoch}, step {data_iter_step} "
+                   f"(optimizer step {it}); stopping all ranks")
+            if on_nonfinite is not None:
+                on_nonfinite(epoch, data_iter_step)
+            sys.stderr.write(msg + "\n")
+            sys.stderr.flush()
+            raise NonFiniteLossError(msg)
+        if bad_so_far + epoch_replaced > int(getattr(args, "max_bad_samples", 10)):
+            raise TooManyBadSamplesError(
+                f"{bad_so_far + epoch_replaced} unreadable training samples were replaced so far (epoch {epoch}), "
+                f"more than --max_bad_samples {args.max_bad_samples}; fix the data (the dataset logged the names)")
+        update = (data_iter_step + 1) % update_freq == 0
+        grad_norm = backend.backward_step(loss, update)
+        if update and model_ema is not None:
+            model_ema.update(backend.model_without_ddp)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        lrs = [g["lr"] for g in backend.optimizer.param_groups]
+        wd = max((g["weight_decay"] for g in backend.optimizer.param_groups), default=0.0)
+        metric_logger.update(loss=loss_value, lr=max(lrs), min_lr=min(lrs), weight_decay=wd)
+        if grad_norm is not None:
+            metric_logger.update(grad_norm=grad_norm)
+        if mixup_fn is None and targets.ndim == 1:
+            metric_logger.update(class_acc=(output.argmax(-1) == targets).float().mean().item())
+        scale = backend.loss_scale()
+        if scale is not None:
+            metric_logger.update(loss_scale=scale)
+        if log_writer is not None and update:
+            log_writer.update(head="loss", step=it, loss=loss_value)
+            log_writer.update(head="opt", step=it, lr=max(lrs), min_lr=min(lrs), weight_decay=wd,
+                              grad_norm=grad_norm, loss_scale=scale)
+    metric_logger.synchronize_between_processes()
+    print("Averaged stats:", metric_logger)
+    stats = {k: m.global_avg for k, m in metric_logger.meters.items()}
+    stats["n_replaced"] = epoch_replaced
+    return stats
+
+
+@torch.no_grad()
+def evaluate(data_loader, model, device, autocast=None, header: str = "Val:", print_freq: int = 10) -> dict:
+    """Single-view evaluation: loss, top-1, top-5 over readable items; ok=False items are excluded and counted."""
+    criterion = torch.nn.CrossEntropyLoss(reduction="sum")
+    metric_logger = MetricLogger(delimiter="  ")
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64)  # n, loss_sum, correct1, correct5, n_skipped
+    for batch in metric_logger.log_every(data_loader, print_freq, header):
+        images, target = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        ok = torch.as_tensor(batch[3], dtype=torch.bool) if len(batch) >= 4 else torch.ones(len(target), dtype=torch.bool)
+        ok = ok.to(device)
+        totals[4] += float((~ok).sum().item())
+        if not ok.any():
+            continue
+        images, target = images[ok], target[ok]
+        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+            output = model(images)
+        output = output.float()
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        n = target.shape[0]
+        totals[0] += n
+        totals[1] += float(criterion(output, target).item())
+        totals[2] += float(acc1.item()) * n / 100.0
+        totals[3] += float(acc5.item()) * n / 100.0
+        metric_logger.update(acc1=acc1.item(), acc5=acc5.item())
+    all_reduce_sum(totals)
+    n = max(totals[0].item(), 1.0)
+    stats = {"loss": totals[1].item() / n, "acc1": 100.0 * totals[2].item() / n, "acc5": 100.0 * totals[3].item() / n,
+             "n": int(totals[0].item()), "n_skipped": int(totals[4].item())}
+    skipped = f", {stats['n_skipped']} unreadable items excluded" if stats["n_skipped"] else ""
+    print(f"* {header} Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.4f} "
+          f"on {stats['n']} items{skipped}")
+    return stats
+
+
+@torch.no_grad()
+def final_test(data_loader, model, device, file: str, autocast=None, print_freq: int = 10) -> dict:
+    """Multi-view test: writes ``id [logits] label chunk split`` lines (one per view) to ``file``.
+
+    Unreadable views (ok=False) go to ``file`` + '.bad' as ``id label chunk split`` lines so the merge
+    can report them by name and count them.
+    """
+    model.eval()
+    metric_logger = MetricLogger(delimiter="  ")
+    os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
+    n_views = n_bad = 0
+    with open(file + ".tmp", "w") as f, open(file + ".bad.tmp", "w") as fbad:
+        for batch in metric_logger.log_every(data_loader, print_freq, "Test:"):
+            images, target, ids, chunk_nb, split_nb = batch[:5]
+            ok = torch.as_tensor(batch[5], dtype=torch.bool) if len(batch) >= 6 else torch.ones(len(target),
+                                                                                              dtype=torch.bool)
+            ids, chunk_nb, split_nb, labels = _to_list(ids), _to_list(chunk_nb), _to_list(split_nb), _to_list(target)
+            if ok.any():
+                with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+                    out = model(images[ok].to(device, non_blocking=True))
+                out = out.float().cpu()
+            j = 0
+            for i in range(len(ids)):
+                if bool(ok[i]):
+                    f.write(f"{ids[i]} {json.dumps(out[j].tolist())} {int(labels[i])} {int(chunk_nb[i])} "
+                            f"{int(split_nb[i])}\n")
+                    j += 1
+                    n_views += 1
+                else:
+                    fbad.write(f"{ids[i]} {int(labels[i])} {int(chunk_nb[i])} {int(split_nb[i])}\n")
+                    n_bad += 1
+    os.replace(file + ".tmp", file)
+    os.replace(file + ".bad.tmp", file + ".bad")
+    return {"n_views": n_views, "n_bad_views": n_bad}
+
+
+def _parse_pred_line(line: str, path: str, lineno: int):
+    try:
+        vid, rest = line.split(" ", 1)
+        lb = rest.index("[")
+        rb = rest.index("]")
+        logits = json.loads(rest[lb: rb + 1])
+        label, chunk, split = rest[rb + 1:].split()
+        return vid, np.asarray(logits, dtype=np.float64), int(label), int(chunk), int(split)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}:{lineno}: malformed prediction line {line.strip()!r} "
+                         f"(expected 'id [logits] label chunk split')") from e
+
+
+def merge(eval_path: str, num_tasks: int, log=print) -> dict:
+    """Softmax-average all views of each video from ``{rank}.txt`` files -> top-1 / top-5 (percent).
+
+    Views duplicated by a padding sampler (same id, chunk, split) count once. Videos whose every view
+    was unreadable are reported by name and counted as misses in the headline figures.
+    """
+    views: dict[str, dict] = defaultdict(dict)
+    labels: dict[str, int] = {}
+    bad: dict[str, set] = defaultdict(set)
+    for r in range(num_tasks):
+        path = os.path.join(eval_path, f"{r}.txt")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"merge: {path} is missing (rank {r} of {num_tasks} wrote no predictions)")
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                vid, logits, label, chunk, split = _parse_pred_line(line, path, lineno)
+                if vid in labels and labels[vid] != label:
+                    raise ValueError(f"{path}:{lineno}: video {vid} has label {label} but {labels[vid]} elsewhere")
+                labels[vid] = label
+                views[vid][(chunk, split)] = logits
+        bad_path = path + ".bad"
+        if os.path.isfile(bad_path):
+            with open(bad_path) as f:
+                for line in f:
+                    if line.strip():
+                        vid, label, chunk, split = line.split()
+                        bad[vid].add((int(chunk), int(split)))
+                        labels.setdefault(vid, int(label))
+    unreadable = sorted(v for v in bad if v not in views)
+    correct1 = correct5 = 0
+    view_counts = []
+    for vid, per_view in views.items():
+        probs = np.stack([_softmax(v) for _, v in sorted(per_view.items())]).mean(0)
+        order = np.argsort(-probs, kind="stable")
+        correct1 += int(order[0] == labels[vid])
+        correct5 += int(labels[vid] in order[:5])
+        view_counts.append(len(per_view))
+    n_scored = len(views)
+    n_total = n_scored + len(unreadable)
+    partial = sorted(v for v in bad if v in views)
+    res = {"top1": 100.0 * correct1 / max(n_total, 1), "top5": 100.0 * correct5 / max(n_total, 1),
+           "n_videos": n_scored, "n_unreadable": len(unreadable), "unreadable": unreadable,
+           "n_partial": len(partial),
+           "views_per_video": (min(view_counts) if view_counts else 0, max(view_counts) if view_counts else 0),
+           "top1_readable": 100.0 * correct1 / max(n_scored, 1), "top5_readable": 100.0 * correct5 / max(n_scored, 1)}
+    vmin, vmax = res["views_per_video"]
+    vpv = f"{vmin}" if vmin == vmax else f"{vmin}-{vmax}"
+    log(f"merge: {n_scored} videos scored, {vpv} views per video (softmax-averaged); "
+        f"top-1 {res['top1']:.3f} top-5 {res['top5']:.3f}")
+    if unreadable:
+        log(f"merge: {len(unreadable)} videos could not be read and count as misses: {', '.join(unreadable[:20])}"
+            f"{' ...' if len(unreadable) > 20 else ''} (top-1 over readable videos only: {res['top1_readable']:.3f})")
+    if partial:
+        log(f"merge: {len(partial)} videos had some unreadable views; scored on the rest: {', '.join(partial[:20])}")
+    return res
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()

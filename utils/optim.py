@@ -1,0 +1,84 @@
+"""Optimizer parameter groups: no weight decay for 1-D/bias/embedding params, layer-wise lr decay.
+
+Layer ids: cls_token / pos_embed / temporal_pos_embedding / patch_embed -> 0; ``layers.{i}`` -> i + 1;
+everything else (norm_f, head, ...) -> num_layers + 1. Group lr scale = decay ** (num_layers + 1 - id).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+
+NO_WD_NAMES = ("pos_embed", "cls_token", "temporal_pos_embedding")
+_EMBED_PREFIXES = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed", "dist_token", "mask_token")
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")
+
+
+def get_layer_id(name: str, num_layers: int) -> int:
+    for prefix in ("module.", "_orig_mod."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    if name.split(".")[0] in _EMBED_PREFIXES or name.startswith(_EMBED_PREFIXES):
+        return 0
+    m = _LAYER_RE.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    return num_layers + 1
+
+
+def _model_no_weight_decay(model: nn.Module) -> set:
+    fn = getattr(model, "no_weight_decay", None)
+    return set(fn()) if callable(fn) else set()
+
+
+def skip_weight_decay(name: str, param: torch.Tensor, skip_list: set) -> bool:
+    base = name.split(".")[-1]
+    return (param.ndim <= 1 or name.endswith(".bias") or base in NO_WD_NAMES or name in skip_list
+            or base in skip_list or bool(getattr(param, "_no_weight_decay", False)))
+
+
+def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
+                             num_layers: int | None = None, skip_list=()) -> list[dict]:
+    """Groups keyed by (layer id, decay/no-decay), each with ``lr_scale`` and ``weight_decay``.
+
+    Every group also carries ``param_names`` (for tests and logs; strip before handing to DeepSpeed
+    if it objects). ``layer_decay`` = 1 gives two groups' worth of behaviour (all scales 1).
+    """
+    if num_layers is None:
+        fn = getattr(model, "get_num_layers", None)
+        num_layers = fn() if callable(fn) else len(getattr(model, "layers", []))
+    skip = set(skip_list) | _model_no_weight_decay(model)
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_wd = skip_weight_decay(name, p, skip)
+        lid = get_layer_id(name, num_layers) if layer_decay < 1.0 else 0
+        scale = layer_decay ** (num_layers + 1 - lid) if layer_decay < 1.0 else 1.0
+        key = f"layer_{lid}_{'no_decay' if no_wd else 'decay'}"
+        if key not in groups:
+            groups[key] = {"params": [], "param_names": [], "weight_decay": 0.0 if no_wd else weight_decay,
+                           "lr_scale": scale, "layer_id": lid, "group_name": key}
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def create_optimizer(args, model: nn.Module, param_groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD over layer-decayed groups; every optimizer flag is honoured or rejected."""
+    if param_groups is None:
+        param_groups = param_groups_layer_decay(model, args.weight_decay, getattr(args, "layer_decay", 1.0) or 1.0)
+    groups = [{k: v for k, v in g.items() if k != "param_names"} for g in param_groups]
+    opt = args.opt.lower()
+    kw = {"lr": args.lr}
+    if opt in ("adamw", "adam"):
+        if args.opt_eps is not None:
+            kw["eps"] = args.opt_eps
+        if args.opt_betas is not None:
+            kw["betas"] = tuple(args.opt_betas)
+        cls = torch.optim.AdamW if opt == "adamw" else torch.optim.Adam
+        return cls(groups, weight_decay=args.weight_decay, **kw)
+    if opt in ("sgd", "momentum"):
+        return torch.optim.SGD(groups, momentum=args.momentum, nesterov=True, weight_decay=args.weight_decay, **kw)
+    raise ValueError(f"--opt {args.opt!r} is not supported here; choose adamw, adam or sgd")
