@@ -1,0 +1,134 @@
+"""build_dataset(is_train, test_mode, args) -> (dataset, nb_classes), the one entry point used by run_*.py."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Optional
+
+from .imagenet import ImageNetDataset
+from .video import RawFrameClsDataset, VideoClsDataset
+
+logger = logging.getLogger(__name__)
+
+# Fixed class counts; None = taken from --nb_classes (Kinetics-N falls back to N when it is unset).
+DATASET_CLASSES = {
+    "Kinetics-400": 400, "Kinetics-600": 600, "Kinetics-700": 700,
+    "SSV2": 174, "UCF101": 101, "HMDB51": 51, "IMNET": 1000,
+    "video": None, "rawframe": None,
+}
+_FIXED = ("SSV2", "UCF101", "HMDB51", "IMNET")
+
+# Every args attribute read here, with its default (the training engineer's argparse owns the flags).
+DATA_ARG_DEFAULTS = dict(
+    data_set="Kinetics-400", data_path="", data_root="", split=" ", train_list=None, val_list=None, test_list=None,
+    nb_classes=None, use_rawframes=False, num_frames=16, sampling_rate=0, tubelet_size=1, input_size=224,
+    short_side_size=224, test_num_segment=5, test_num_crop=3, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25,
+    remode="pixel", recount=1, num_sample=1, filename_tmpl="img_{:05}.jpg", start_idx=1, max_bad_samples=10,
+    skip_bad_test=False, train_interpolation="bicubic", video_reader="decord", mixup=0.8, cutmix=1.0,
+    cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1, seed=0,
+)
+
+
+def default_data_args(**overrides) -> argparse.Namespace:
+    """A Namespace with every data attribute at its default, updated by ``overrides`` (tests, notebooks)."""
+    unknown = set(overrides) - set(DATA_ARG_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown data args: {sorted(unknown)}")
+    return argparse.Namespace(**{**DATA_ARG_DEFAULTS, **overrides})
+
+
+def _get(args, name):
+    v = getattr(args, name, DATA_ARG_DEFAULTS[name])
+    return DATA_ARG_DEFAULTS[name] if v is None and name in ("data_root", "split") else v
+
+
+def _resolve_nb_classes(args) -> Optional[int]:
+    data_set = _get(args, "data_set")
+    if data_set not in DATASET_CLASSES:
+        raise ValueError(f"unknown --data_set {data_set!r}; choose one of {sorted(DATASET_CLASSES)}")
+    fixed = DATASET_CLASSES[data_set]
+    given = _get(args, "nb_classes")
+    if data_set in _FIXED:
+        if given is not None and int(given) != fixed:
+            logger.warning("--data_set %s has %d classes; ignoring --nb_classes %s", data_set, fixed, given)
+        return fixed
+    return int(given) if given is not None else fixed
+
+
+def _list_path(args, mode: str) -> tuple:
+    explicit = _get(args, f"{mode}_list")
+    if explicit:
+        return explicit, f"--{mode}_list"
+    return os.path.join(_get(args, "data_path") or "", f"{mode}.csv"), f"--data_path ({mode}.csv)"
+
+
+def _build_imagenet(is_train: bool, test_mode: bool, args, nb_classes: int):
+    from timm.data import create_transform
+
+    input_size = int(_get(args, "input_size"))
+    if is_train:
+        transform = create_transform(input_size, is_training=True, auto_augment=_get(args, "aa") or None,
+                                     interpolation=_get(args, "train_interpolation"), re_prob=_get(args, "reprob"),
+                                     re_mode=_get(args, "remode"), re_count=_get(args, "recount"))
+    else:
+        transform = create_transform(input_size, is_training=False, interpolation="bicubic", crop_pct=224 / 256)
+    mode = "train" if is_train else "val"
+    explicit = _get(args, f"{mode}_list") or (None if is_train else _get(args, "test_list") if test_mode else None)
+    folder = os.path.join(_get(args, "data_path") or "", mode)
+    common = dict(is_train=is_train, nb_classes=nb_classes, filename_tmpl=_get(args, "filename_tmpl"),
+                  start_idx=_get(args, "start_idx"))
+    if explicit:
+        ds = ImageNetDataset(list_file=explicit, transform=transform, data_root=_get(args, "data_root"),
+                             split=_get(args, "split"), list_flag=f"--{mode}_list", **common)
+    elif os.path.isdir(folder):
+        ds = ImageNetDataset(folder=folder, transform=transform, **common)
+    else:
+        list_file = os.path.join(_get(args, "data_path") or "", f"{mode}.csv")
+        if not os.path.isfile(list_file):
+            raise FileNotFoundError(f"IMNET {mode} data not found: neither a class-folder tree {folder} nor a list "
+                                    f"{list_file} exists (set --data_path or --{mode}_list)")
+        ds = ImageNetDataset(list_file=list_file, transform=transform, data_root=_get(args, "data_root"),
+                             split=_get(args, "split"), list_flag="--data_path", **common)
+    return ds
+
+
+def build_dataset(is_train: bool, test_mode: bool, args):
+    """Returns (dataset, nb_classes). Mode: train if is_train, else test if test_mode, else validation.
+
+    Reads the args listed in DATA_ARG_DEFAULTS (missing attributes take those defaults). Relative paths in
+    lists go under --data_root, or under the list file's folder when --data_root is empty."""
+    data_set = _get(args, "data_set")
+    nb_classes = _resolve_nb_classes(args)
+    mode = "train" if is_train else ("test" if test_mode else "validation")
+    if data_set == "IMNET":
+        ds = _build_imagenet(is_train, test_mode, args, nb_classes)
+        source = ds.source
+    else:
+        list_file, flag = _list_path(args, {"train": "train", "validation": "val", "test": "test"}[mode])
+        common = dict(
+            data_root=_get(args, "data_root"), split=_get(args, "split"), nb_classes=nb_classes,
+            num_frames=_get(args, "num_frames"), sampling_rate=_get(args, "sampling_rate"),
+            input_size=_get(args, "input_size"), short_side_size=_get(args, "short_side_size"),
+            test_num_segment=_get(args, "test_num_segment"), test_num_crop=_get(args, "test_num_crop"),
+            aa=_get(args, "aa"), reprob=_get(args, "reprob"), remode=_get(args, "remode"),
+            recount=_get(args, "recount"), num_sample=_get(args, "num_sample") if is_train else 1,
+            flip=data_set != "SSV2", train_interpolation=_get(args, "train_interpolation"),
+            max_bad_samples=_get(args, "max_bad_samples"), skip_bad_test=_get(args, "skip_bad_test"),
+            list_flag=flag)
+        if data_set == "rawframe" or _get(args, "use_rawframes"):
+            ds = RawFrameClsDataset(list_file, mode, filename_tmpl=_get(args, "filename_tmpl"),
+                                    start_idx=_get(args, "start_idx"), **common)
+        else:
+            ds = VideoClsDataset(list_file, mode, video_reader=_get(args, "video_reader"), **common)
+        source = list_file
+    if nb_classes is None:  # generic video/rawframe without --nb_classes: infer from the labels
+        nb_classes = max(s.label for s in ds.samples) + 1
+        logger.warning("--nb_classes not set for --data_set %s: using %d from the labels of %s",
+                       data_set, nb_classes, source)
+    n_labels = len({s.label for s in ds.samples})
+    msg = (f"[{data_set} {mode}] {len(ds.samples)} samples, {n_labels} distinct labels of {nb_classes} classes "
+           f"from {source}" + (f" ({len(ds)} views)" if mode == "test" else ""))
+    logger.info(msg)
+    print(msg)
+    return ds, nb_classes

@@ -1,0 +1,106 @@
+"""Data-list parsing: ``video_path label`` and ``frame_folder_path total_frames label`` rows.
+
+Every malformed row raises ``ValueError`` naming the file, the 1-based line number and the line itself;
+nothing is skipped silently (blank lines excepted). Paths may contain the separator: the integer columns
+are taken from the right. A row whose path part itself ends in an integer column is ambiguous (usually a
+raw-frame list passed where a video list is expected) and is refused.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import List, Optional
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str            # resolved path (data_root / list dir joined in front of relative paths)
+    rel_path: str        # the path exactly as written in the list
+    label: int
+    total_frames: Optional[int] = None  # raw-frame rows only
+    line_no: int = 0
+
+
+def _describe(file: str, line_no: int, line: str) -> str:
+    return f"{file}:{line_no}: {line!r}"
+
+
+def split_row(line: str, sep: str, ncols: int) -> Optional[List[str]]:
+    """Split ``line`` into exactly ``ncols`` fields, the first (path) keeping any extra separators.
+
+    Returns None when the row has too few columns or when it is ambiguous (the path part would end with
+    an integer field, i.e. there are probably too many columns)."""
+    line = line.strip()
+    whitespace = sep.strip() == ""
+    parts = line.split() if whitespace else [p.strip() for p in line.split(sep)]
+    if len(parts) < ncols:
+        return None
+    if len(parts) == ncols:
+        return parts
+    # More fields than columns: the path contains the separator. Take the integer columns from the right.
+    tail = parts[len(parts) - (ncols - 1):]
+    if _INT_RE.match(parts[len(parts) - ncols]):
+        return None  # e.g. "x 30 2" in a 2-column list: refuse rather than read path "x 30"
+    if whitespace:
+        m = re.match(r"^(.*\S)" + r"\s+(\S+)" * (ncols - 1) + r"$", line)
+        head = m.group(1)
+    else:
+        head = sep.join(line.split(sep)[: len(parts) - (ncols - 1)]).strip()
+    return [head] + tail
+
+
+def resolve_path(rel: str, data_root: str, list_file: str) -> str:
+    """Absolute paths stay; relative ones go under ``data_root``, or under the list's folder when it is ''."""
+    if os.path.isabs(rel):
+        return rel
+    root = data_root if data_root else os.path.dirname(os.path.abspath(list_file))
+    return os.path.join(root, rel)
+
+
+def read_list(list_file: str, kind: str, sep: str = " ", data_root: str = "",
+              nb_classes: Optional[int] = None, flag: str = "") -> List[Sample]:
+    """Parse a data list. ``kind``: 'video' (path label) or 'rawframe' (path total_frames label).
+
+    Errors: missing file -> FileNotFoundError, empty list -> ValueError, malformed row or label outside
+    [0, nb_classes) -> ValueError naming file, line number and line."""
+    if kind not in ("video", "rawframe", "image"):
+        raise ValueError(f"unknown list kind {kind!r}")
+    if not os.path.isfile(list_file):
+        hint = f" (set by {flag})" if flag else ""
+        raise FileNotFoundError(f"data list not found: {list_file}{hint}")
+    ncols = 3 if kind == "rawframe" else 2
+    fmt = "frame_folder_path total_frames label" if kind == "rawframe" else f"{kind}_path label"
+    samples: List[Sample] = []
+    with open(list_file, encoding="utf-8") as f:
+        for line_no, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = split_row(line, sep, ncols)
+            where = _describe(list_file, line_no, line)
+            if fields is None:
+                raise ValueError(f"{where}: malformed row, expected {ncols} columns '{fmt}' separated by "
+                                 f"{sep!r} (see --split)")
+            if not _INT_RE.match(fields[-1]):
+                raise ValueError(f"{where}: label {fields[-1]!r} is not an integer (expected '{fmt}')")
+            label = int(fields[-1])
+            if label < 0:
+                raise ValueError(f"{where}: negative label {label}")
+            if nb_classes is not None and label >= nb_classes:
+                raise ValueError(f"{where}: label {label} out of range for {nb_classes} classes "
+                                 f"(check --nb_classes / --data_set)")
+            total = None
+            if kind == "rawframe":
+                if not _INT_RE.match(fields[1]):
+                    raise ValueError(f"{where}: total_frames {fields[1]!r} is not an integer (expected '{fmt}')")
+                total = int(fields[1])
+                if total < 1:
+                    raise ValueError(f"{where}: total_frames must be >= 1, got {total}")
+            samples.append(Sample(path=resolve_path(fields[0], data_root, list_file), rel_path=fields[0],
+                                  label=label, total_frames=total, line_no=line_no))
+    if not samples:
+        raise ValueError(f"data list is empty: {list_file}")
+    return samples

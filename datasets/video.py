@@ -1,0 +1,194 @@
+"""Video classification datasets: VideoClsDataset (mp4 etc. via decord / PyAV) and RawFrameClsDataset.
+
+Items (see the data contract):
+    train -> (clip, label, index, n_replaced)            clip float32 (3, T, S, S)
+             with num_sample > 1: ([clip]*k, [label]*k, [index]*k, n_replaced) -> multiple_samples_collate
+    val   -> (clip, label, video_id, ok)
+    test  -> (clip, label, video_id, chunk_nb, split_nb, ok)   len = videos x test_num_segment x test_num_crop
+
+Unreadable samples: in train they are logged (logging.warning, with the reason), counted and replaced by a
+random other sample; n_replaced says how many replacements this item needed; more than ``max_bad_samples``
+in one dataset instance (i.e. per DataLoader worker) raises RuntimeError listing them. In val/test they are
+never replaced: RuntimeError naming the file, or with ``skip_bad_test`` a zero clip and ok=False.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+from functools import partial
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .lists import Sample, read_list
+from .sampling import sample_indices
+from .transforms import VideoTrainTransform, video_eval_transform
+from .video_io import VideoReadError, read_rawframes, read_video_frames
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "validation", "test")
+
+
+def _video_id(rel_path: str) -> str:
+    """The id written to prediction files: the path as listed, whitespace replaced so ids stay one token."""
+    return re.sub(r"\s", "_", rel_path)
+
+
+class _ClipDataset(Dataset):
+    kind = "video"
+
+    def __init__(self, list_file: str, mode: str = "train", *, data_root: str = "", split: str = " ",
+                 nb_classes: Optional[int] = None, num_frames: int = 16, sampling_rate: int = 0,
+                 input_size: int = 224, short_side_size: int = 224, test_num_segment: int = 5,
+                 test_num_crop: int = 3, aa: Optional[str] = "rand-m7-n4-mstd0.5-inc1", reprob: float = 0.25,
+                 remode: str = "pixel", recount: int = 1, num_sample: int = 1, flip: bool = True,
+                 train_interpolation: str = "bicubic", max_bad_samples: int = 10, skip_bad_test: bool = False,
+                 list_flag: str = ""):
+        if mode == "val":
+            mode = "validation"
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if test_num_segment < 1 or test_num_crop < 1:
+            raise ValueError(f"test_num_segment and test_num_crop must be >= 1, got {test_num_segment}, {test_num_crop}")
+        if num_sample < 1:
+            raise ValueError(f"num_sample must be >= 1, got {num_sample}")
+        self.list_file = list_file
+        self.mode = mode
+        self.samples: List[Sample] = read_list(list_file, self.kind, sep=split, data_root=data_root,
+                                               nb_classes=nb_classes, flag=list_flag)
+        self.num_frames = int(num_frames)
+        self.sampling_rate = int(sampling_rate or 0)
+        self.input_size = int(input_size)
+        self.short_side_size = int(short_side_size)
+        self.test_num_segment = int(test_num_segment)
+        self.test_num_crop = int(test_num_crop)
+        self.num_sample = int(num_sample)
+        self.max_bad_samples = int(max_bad_samples)
+        self.skip_bad_test = bool(skip_bad_test)
+        self.train_transform = (VideoTrainTransform(input_size, aa=aa, reprob=reprob, remode=remode, recount=recount,
+                                                    flip=flip, interpolation=train_interpolation)
+                                if mode == "train" else None)
+        self.bad_samples: List[Tuple[str, str]] = []   # (path, reason) of every failure seen by this instance
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def read_frames(self, sample: Sample, mode: str, view: int = 0) -> np.ndarray:
+        """uint8 (T, H, W, 3) frames of ``sample`` for ``mode`` ('train'|'val'|'test', test ``view``)."""
+        raise NotImplementedError
+
+    def _index_fn(self, mode: str, view: int = 0):
+        return partial(sample_indices, num_frames=self.num_frames, sampling_rate=self.sampling_rate, mode=mode,
+                       view=view, num_views=self.test_num_segment)
+
+    # -- items ---------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        n = len(self.samples)
+        return n * self.test_num_segment * self.test_num_crop if self.mode == "test" else n
+
+    def _record_bad(self, sample: Sample, err: VideoReadError) -> None:
+        self.bad_samples.append((sample.path, err.reason))
+        logger.warning("unreadable sample %s (%s:%d): %s", sample.path, self.list_file, sample.line_no, err.reason)
+
+    def __getitem__(self, index: int):
+        if self.mode == "train":
+            return self._train_item(index)
+        if self.mode == "validation":
+            sample = self.samples[index]
+            clip, ok = self._eval_clip(sample, "val", 0, 0, 1)
+            return clip, sample.label, _video_id(sample.rel_path), ok
+        per_video = self.test_num_segment * self.test_num_crop
+        sample = self.samples[index // per_video]
+        chunk_nb = (index % per_video) // self.test_num_crop
+        split_nb = index % self.test_num_crop
+        clip, ok = self._eval_clip(sample, "test", chunk_nb, split_nb, self.test_num_crop)
+        return clip, sample.label, _video_id(sample.rel_path), chunk_nb, split_nb, ok
+
+    def _train_item(self, index: int):
+        n_replaced = 0
+        while True:
+            sample = self.samples[index]
+            try:
+                frames = self.read_frames(sample, "train")
+                break
+            except VideoReadError as e:
+                self._record_bad(sample, e)
+                if len(self.bad_samples) > self.max_bad_samples:
+                    listed = "; ".join(f"{p}: {r}" for p, r in self.bad_samples[-20:])
+                    raise RuntimeError(
+                        f"{len(self.bad_samples)} unreadable training samples in {self.list_file} (more than "
+                        f"--max_bad_samples {self.max_bad_samples}); last ones: {listed}") from e
+                n_replaced += 1
+                index = random.randrange(len(self.samples))
+        clips = [self.train_transform(frames) for _ in range(self.num_sample)]
+        if self.num_sample == 1:
+            return clips[0], sample.label, index, n_replaced
+        k = self.num_sample
+        return clips, [sample.label] * k, [index] * k, n_replaced
+
+    def _eval_clip(self, sample: Sample, mode: str, view: int, crop: int, num_crops: int):
+        try:
+            frames = self.read_frames(sample, mode, view)
+        except VideoReadError as e:
+            self._record_bad(sample, e)
+            if not self.skip_bad_test:
+                raise RuntimeError(f"cannot read {mode} sample {sample.path} ({self.list_file}:{sample.line_no}): "
+                                   f"{e.reason}. Fix or remove it, or pass --skip_bad_test to exclude it from "
+                                   f"the evaluation (it is then reported and counted)") from e
+            return torch.zeros(3, self.num_frames, self.input_size, self.input_size), False
+        return video_eval_transform(frames, self.short_side_size, self.input_size, crop, num_crops), True
+
+
+class VideoClsDataset(_ClipDataset):
+    """``video_path label`` lists; decoding with decord, or PyAV (``video_reader='pyav'`` or decord missing)."""
+
+    kind = "video"
+
+    def __init__(self, list_file: str, mode: str = "train", *, video_reader: str = "decord", **kwargs):
+        if video_reader not in ("decord", "pyav"):
+            raise ValueError(f"unknown video_reader {video_reader!r} (choose decord or pyav)")
+        self.video_reader = video_reader
+        super().__init__(list_file, mode, **kwargs)
+
+    def read_frames(self, sample: Sample, mode: str, view: int = 0) -> np.ndarray:
+        frames, _, _ = read_video_frames(sample.path, self._index_fn(mode, view), self.video_reader)
+        return frames
+
+
+class RawFrameClsDataset(_ClipDataset):
+    """``frame_folder_path total_frames label`` lists; frames ``filename_tmpl.format(start_idx + i)``."""
+
+    kind = "rawframe"
+
+    def __init__(self, list_file: str, mode: str = "train", *, filename_tmpl: str = "img_{:05}.jpg",
+                 start_idx: int = 1, **kwargs):
+        self.filename_tmpl = filename_tmpl
+        self.start_idx = int(start_idx)
+        super().__init__(list_file, mode, **kwargs)
+
+    def read_frames(self, sample: Sample, mode: str, view: int = 0) -> np.ndarray:
+        indices = self._index_fn(mode, view)(sample.total_frames)
+        return read_rawframes(sample.path, indices, self.filename_tmpl, self.start_idx)
+
+
+def multiple_samples_collate(batch):
+    """Collate for ``num_sample > 1``: flattens the per-video lists into one batch of B*k clips.
+
+    Returns (clips (B*k, 3, T, S, S), labels (B*k,), indices (B*k,), n_replaced: 0-d long tensor, the sum).
+    Items with a single clip (num_sample == 1) are accepted too."""
+    clips, labels, indices, n_rep = [], [], [], 0
+    for item in batch:
+        c, y, i, n = item
+        if isinstance(c, (list, tuple)):
+            clips.extend(c)
+            labels.extend(y)
+            indices.extend(i)
+        else:
+            clips.append(c)
+            labels.append(y)
+            indices.append(i)
+        n_rep += int(n)
+    return (torch.stack(clips), torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long),
+            torch.tensor(n_rep, dtype=torch.long))

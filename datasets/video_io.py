@@ -1,0 +1,173 @@
+"""Frame readers: decord (default), PyAV (fallback / ``--video_reader pyav``) and raw-frame folders.
+
+Every failure (missing file, zero-byte or truncated mp4, no video stream, zero frames, unreadable JPEG)
+becomes :class:`VideoReadError` carrying the file name and the reason, so the datasets can count, log and
+replace (train) or report (val/test) it. decord and av are imported lazily.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Sequence, Tuple
+
+import numpy as np
+
+
+class VideoReadError(RuntimeError):
+    """A video or frame folder could not be read. ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _import_decord():
+    try:
+        import decord
+    except ImportError as e:
+        raise ImportError("the decord video reader is not installed: pip install decord "
+                          "(or pass --video_reader pyav)") from e
+    return decord
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError("the PyAV video reader is not installed: pip install av") from e
+    return av
+
+
+def decord_available() -> bool:
+    try:
+        _import_decord()
+        return True
+    except ImportError:
+        return False
+
+
+def _check_frames(path: str, frames: np.ndarray, n: int) -> np.ndarray:
+    if frames.ndim != 4 or frames.shape[0] != n or frames.shape[-1] != 3:
+        raise VideoReadError(path, f"decoder returned frames of shape {tuple(frames.shape)}")
+    return frames
+
+
+class DecordVideo:
+    """Open once, then ``len()`` and ``get(indices) -> uint8 (T, H, W, 3)``."""
+
+    name = "decord"
+
+    def __init__(self, path: str):
+        decord = _import_decord()
+        self.path = path
+        try:
+            self._vr = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+            self._n = len(self._vr)
+        except Exception as e:  # decord raises RuntimeError / DECORDError with long C++ messages
+            raise VideoReadError(path, f"decord cannot open it ({type(e).__name__}: {str(e).strip()[:200]})") from e
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        try:
+            frames = self._vr.get_batch(list(indices)).asnumpy()
+        except Exception as e:
+            raise VideoReadError(self.path, f"decord cannot decode frames ({type(e).__name__}: "
+                                            f"{str(e).strip()[:200]})") from e
+        return _check_frames(self.path, frames, len(indices))
+
+
+class PyAVVideo:
+    """Decodes all frames once (PyAV frame counts in headers are unreliable); fine for short clips."""
+
+    name = "pyav"
+
+    def __init__(self, path: str):
+        av = _import_av()
+        self.path = path
+        try:
+            with av.open(path) as container:
+                if not container.streams.video:
+                    raise VideoReadError(path, "no video stream")
+                self._frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except VideoReadError:
+            raise
+        except Exception as e:  # av.error.FFmpegError subclasses, IndexError on empty containers, ...
+            raise VideoReadError(path, f"PyAV cannot decode it ({type(e).__name__}: {str(e).strip()[:200]})") from e
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        return _check_frames(self.path, np.stack([self._frames[i] for i in indices]), len(indices))
+
+
+def open_video(path: str, reader: str = "decord"):
+    """Open ``path`` with ``reader`` ('decord' or 'pyav'). decord falls back to PyAV when it is not installed
+    or cannot open a file that PyAV can. Raises VideoReadError (with both reasons when both fail)."""
+    if not os.path.isfile(path):
+        raise VideoReadError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(path, "zero-byte file")
+    if reader not in ("decord", "pyav"):
+        raise ValueError(f"unknown --video_reader {reader!r} (choose decord or pyav)")
+    if reader == "decord" and decord_available():
+        try:
+            video = DecordVideo(path)
+            if len(video) > 0:
+                return video
+            first = "decord found zero frames"
+        except VideoReadError as e:
+            first = e.reason
+        try:
+            video = PyAVVideo(path)
+        except VideoReadError as e:
+            raise VideoReadError(path, f"{first}; {e.reason}") from e
+    else:
+        video = PyAVVideo(path)
+    if len(video) == 0:
+        raise VideoReadError(path, "video has zero frames")
+    return video
+
+
+def read_video_frames(path: str, index_fn: Callable[[int], List[int]], reader: str = "decord"
+                      ) -> Tuple[np.ndarray, List[int], int]:
+    """Open a video, choose indices with ``index_fn(total_frames)``, return (uint8 (T,H,W,3), indices, total)."""
+    video = open_video(path, reader)
+    total = len(video)
+    indices = index_fn(total)
+    try:
+        return video.get(indices), indices, total
+    except VideoReadError:
+        if isinstance(video, DecordVideo):  # a file decord opens but cannot decode: try PyAV once
+            video = PyAVVideo(path)
+            if len(video) != total:
+                raise
+            return video.get(indices), indices, total
+        raise
+
+
+def read_rawframes(folder: str, indices: Sequence[int], filename_tmpl: str = "img_{:05}.jpg",
+                   start_idx: int = 1) -> np.ndarray:
+    """Read frames ``start_idx + i`` (i in ``indices``) from ``folder`` as uint8 RGB (T, H, W, 3)."""
+    import cv2
+
+    if not os.path.isdir(folder):
+        raise VideoReadError(folder, "frame folder not found")
+    cache = {}
+    out = []
+    for i in indices:
+        if i not in cache:
+            name = os.path.join(folder, filename_tmpl.format(start_idx + i))
+            img = cv2.imread(name, cv2.IMREAD_COLOR) if os.path.isfile(name) else None
+            if img is None:
+                why = "missing" if not os.path.isfile(name) else "undecodable"
+                raise VideoReadError(folder, f"frame {os.path.basename(name)} {why}")
+            cache[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        out.append(cache[i])
+    shapes = {f.shape for f in out}
+    if len(shapes) != 1:
+        raise VideoReadError(folder, f"frames have different sizes {sorted(shapes)}")
+    return np.stack(out)
+
