@@ -107,7 +107,7 @@ class NativeBackend:
             out["scaler"] = self.scaler.state_dict()
         return out
 
-    def save(self, output_dir: str, epoch: int, client_state: dict, names: list[str]) -> list[str]:
+    def save(self, output_dir: str, epoch: int, client_state: dict, names: list[str], tag: bool = True) -> list[str]:
         """Write each name (e.g. checkpoint-latest.pth) atomically on rank 0."""
         paths = []
         if is_main_process():
@@ -175,11 +175,14 @@ class DeepSpeedBackend:
         opt = self.optimizer
         return getattr(opt, "cur_scale", None) or getattr(opt, "loss_scale", None)
 
-    def save(self, output_dir: str, epoch: int, client_state: dict, names: list[str]) -> list[str]:
-        """DeepSpeed tag folder checkpoint-{epoch}/ (all ranks) plus the plain {'model': ...} exports."""
-        tag = f"checkpoint-{epoch}"
-        self.model.save_checkpoint(output_dir, tag=tag, client_state=to_plain(dict(client_state, epoch=epoch)))
-        paths = [os.path.join(output_dir, tag)]
+    def save(self, output_dir: str, epoch: int, client_state: dict, names: list[str], tag: bool = True) -> list[str]:
+        """DeepSpeed tag folder checkpoint-{epoch}/ (all ranks; skipped with tag=False, e.g. for a mid-epoch
+        emergency save) plus the plain {'model': ...} exports written atomically on rank 0."""
+        paths = []
+        if tag:
+            name = f"checkpoint-{epoch}"
+            self.model.save_checkpoint(output_dir, tag=name, client_state=to_plain(dict(client_state, epoch=epoch)))
+            paths.append(os.path.join(output_dir, name))
         if is_main_process():
             export = dict(client_state, model=self.model_without_ddp.state_dict(), epoch=epoch)
             for n in names:

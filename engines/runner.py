@@ -1,0 +1,448 @@
+"""The training / evaluation driver shared by run_class_finetuning.py and run_pretrain_imagenet.py.
+
+It imports neither models/ nor datasets/: the entry point passes a ``Wiring`` of callables.
+Order: distributed init -> resume source (architecture args come from it) -> datasets -> model ->
+finetune weights -> optimizer/back end -> resume state -> eval or train loop -> final test.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from utils import distributed as dist_utils
+from utils.checkpoint_io import (CheckpointError, find_deepspeed_tag, find_resume_checkpoint, load_checkpoint,
+                                 rng_state, set_rng_state, to_plain)
+from utils.config import dump_args_yaml
+from utils.logger import TensorboardLogger, append_json_log, update_summary
+from utils.optim import create_optimizer, param_groups_layer_decay
+from utils.schedules import cosine_scheduler, scaled_lr
+
+from .backends import build_backend
+from .finetune import NonFiniteLossError, TooManyBadSamplesError, evaluate, final_test, merge, train_one_epoch
+
+# Arguments that define the network; on resume they come from the checkpoint.
+ARCH_KEYS = ("model", "nb_classes", "num_frames", "input_size", "tubelet_size", "bwd_mask", "residual_start",
+             "mask_drops_D", "no_gate", "divide_out")
+
+
+@dataclasses.dataclass
+class Wiring:
+    build_model: Callable  # (args, meta: bool) -> nn.Module
+    build_dataset: Callable  # (is_train, test_mode, args) -> (dataset, nb_classes)
+    build_mixup_fn: Callable | None = None  # (args, num_classes) -> callable or None
+    load_pretrained: Callable | None = None  # models.checkpoint.load_pretrained
+    collate_multi: Callable | None = None  # datasets.multiple_samples_collate
+    build_criterion: Callable | None = None  # (args, mixup_fn, model) -> criterion (optional override)
+    has_test: bool = True  # video fine-tuning has a multi-view test split; ImageNet does not
+    model_cfg: Callable | None = None  # (args) -> dict of create_model kwargs (stored in checkpoints)
+
+
+class ShardSampler(Sampler):
+    """Evaluation sampler: rank r takes indices r, r+W, ... (no padding, so no duplicated items)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.idx = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self):
+        return len(self.idx)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def validate_args(args) -> list[str]:
+    """Reject flags that would be ignored on the chosen path; return warnings for harmless ones."""
+    warnings = []
+    errors = []
+    if not args.enable_deepspeed and args.zero_stage:
+        errors.append(f"--zero_stage {args.zero_stage} only applies with --enable_deepspeed (native torch DDP has "
+                      f"no ZeRO); add --enable_deepspeed or drop --zero_stage")
+    if args.bf16 and args.no_amp:
+        errors.append("--bf16 and --no_amp contradict each other: --bf16 asks for bf16 autocast, --no_amp for fp32")
+    if args.enable_deepspeed and args.opt.lower() not in ("adamw", "adam"):
+        errors.append(f"--enable_deepspeed builds its optimizer from the config and supports adamw/adam, "
+                      f"not --opt {args.opt}")
+    if args.enable_deepspeed and args.model_ema:
+        warnings.append("--model_ema with DeepSpeed: the EMA copy is kept in fp32 outside the engine")
+    if args.checkpoint_num and not args.use_checkpoint:
+        errors.append("--checkpoint_num needs --use_checkpoint (activation checkpointing is off otherwise)")
+    if args.update_freq < 1:
+        errors.append("--update_freq must be >= 1")
+    if args.model_ema_force_cpu and not args.model_ema:
+        errors.append("--model_ema_force_cpu needs --model_ema")
+    if errors:
+        raise SystemExit("error: " + "\n  ".join(errors))
+    return warnings
+
+
+def resolve_resume(args, log=print):
+    """Pick the checkpoint to resume/evaluate and say why. Returns (path, ckpt dict or None, reason)."""
+    if args.resume:
+        if os.path.isdir(args.resume):
+            return args.resume, None, "explicit --resume (DeepSpeed tag folder)"
+        return args.resume, load_checkpoint(args.resume, args.trust_checkpoint), "explicit --resume"
+    if args.eval and args.finetune:
+        return None, None, "--eval with --finetune: evaluating the --finetune weights, not auto-resuming"
+    if args.auto_resume and args.output_dir:
+        path, ckpt = find_resume_checkpoint(args.output_dir, log=log, trust_checkpoint=args.trust_checkpoint)
+        if path is not None:
+            prev = (ckpt.get("args") or {}).get("finetune") if isinstance(ckpt, dict) else None
+            if args.finetune and prev != args.finetune:
+                raise SystemExit(
+                    f"error: --finetune {args.finetune} was given, but {args.output_dir} holds {path} from a run "
+                    f"started from {prev!r}; refusing to let the leftover checkpoint replace --finetune. Use a "
+                    f"new --output_dir, or --no_auto_resume to start over from --finetune.")
+            return path, ckpt, "auto-resume: newest complete checkpoint in output_dir"
+    return None, None, "no checkpoint to resume"
+
+
+def apply_arch_args(args, ckpt_args: dict, path: str, log=print) -> None:
+    for k in ARCH_KEYS:
+        if k not in ckpt_args:
+            continue
+        cur, saved = getattr(args, k, None), ckpt_args[k]
+        if cur != saved:
+            if cur is not None:
+                log(f"warning: --{k} {cur!r} differs from {saved!r} stored in {path}; using the checkpoint's value")
+            setattr(args, k, saved)
+
+
+def build_loaders(args, wiring: Wiring, log=print):
+    world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
+    loaders = {}
+    nb_classes = None
+    ds_train = None
+    if not args.eval:
+        ds_train, nb_classes = wiring.build_dataset(True, False, args)
+        sampler = DistributedSampler(ds_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                     drop_last=True)
+        collate = wiring.collate_multi if (args.num_sample > 1 and wiring.collate_multi is not None) else None
+        gen = torch.Generator()
+        gen.manual_seed(args.seed)
+        loaders["train"] = DataLoader(ds_train, sampler=sampler, batch_size=args.batch_size,
+                                      num_workers=args.num_workers, pin_memory=args.pin_mem, drop_last=True,
+                                      collate_fn=collate, generator=gen, persistent_workers=False)
+        if len(loaders["train"]) // args.update_freq == 0:
+            raise SystemExit(f"error: {len(ds_train)} training items over {world} ranks x batch {args.batch_size} x "
+                             f"update_freq {args.update_freq} give no optimizer step per epoch")
+        if not args.disable_eval_during_finetuning:
+            ds_val, _ = wiring.build_dataset(False, False, args)
+            sampler = ShardSampler(len(ds_val), rank, world) if args.dist_eval else None
+            loaders["val"] = DataLoader(ds_val, sampler=sampler, batch_size=int(1.5 * args.batch_size) or 1,
+                                        num_workers=args.num_workers, pin_memory=args.pin_mem, drop_last=False)
+    if wiring.has_test and (args.eval or args.test_at_end):
+        ds_test, nbc = wiring.build_dataset(False, True, args)
+        nb_classes = nb_classes or nbc
+        loaders["test"] = DataLoader(ds_test, sampler=ShardSampler(len(ds_test), rank, world),
+                                     batch_size=args.batch_size, num_workers=args.num_workers,
+                                     pin_memory=args.pin_mem, drop_last=False)
+    elif args.eval:
+        ds_val, nbc = wiring.build_dataset(False, False, args)
+        nb_classes = nb_classes or nbc
+        loaders["val"] = DataLoader(ds_val, sampler=ShardSampler(len(ds_val), rank, world),
+                                    batch_size=args.batch_size, num_workers=args.num_workers, drop_last=False)
+    return loaders, nb_classes
+
+
+def build_criterion(args, mixup_fn):
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_fn is not None:
+        return SoftTargetCrossEntropy()
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return torch.nn.CrossEntropyLoss()
+
+
+def run(args, wiring: Wiring) -> dict:
+    """Everything after argument parsing. Returns a summary dict (also written to log.txt)."""
+    warnings = validate_args(args)
+    dist_utils.init_distributed_mode(args)
+    log = print
+    for w in warnings:
+        log("warning: " + w)
+    if args.scan_backend:
+        from mamba.ops.backend import set_scan_backend
+
+        set_scan_backend(args.scan_backend)
+        log(f"scan backend: {args.scan_backend}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but no CUDA GPU is visible; pass --device cpu")
+    device = torch.device(args.device)
+    seed_everything(args.seed + dist_utils.get_rank())
+
+    # 1. resume source first: architecture args come from it
+    resume_path, resume_ckpt, reason = resolve_resume(args, log)
+    if args.eval and resume_path is None and not args.finetune and not args.dry_run:
+        raise SystemExit("error: --eval needs weights: --resume FILE, --finetune FILE, or a checkpoint in "
+                         "--output_dir with --auto_resume")
+    if resume_ckpt is not None and isinstance(resume_ckpt.get("args"), dict):
+        apply_arch_args(args, resume_ckpt["args"], resume_path, log)
+
+    if args.output_dir and dist_utils.is_main_process():
+        os.makedirs(args.output_dir, exist_ok=True)
+        dump_args_yaml(args, os.path.join(args.output_dir, "args.yaml"))
+
+    # 2. data
+    if args.dry_run and not _lists_exist(args):
+        log("dry run: data lists not found, datasets not built")
+        loaders, nb = {}, None
+    else:
+        loaders, nb = build_loaders(args, wiring, log)
+    if nb is not None and args.nb_classes != nb:
+        log(f"nb_classes: using {nb} from the dataset (was {args.nb_classes})")
+        args.nb_classes = nb
+    mixup_fn = wiring.build_mixup_fn(args, args.nb_classes) if (wiring.build_mixup_fn and not args.eval) else None
+
+    # 3. model
+    model = wiring.build_model(args, meta=bool(args.dry_run))
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"model {args.model}: {n_parameters / 1e6:.2f} M trainable parameters")
+    if args.finetune and resume_path is None and not args.dry_run:
+        if wiring.load_pretrained is None:
+            raise SystemExit("error: --finetune needs models.checkpoint.load_pretrained, which is not available")
+        log(f"loading --finetune weights from {args.finetune} (no resume checkpoint: {reason})")
+        report = wiring.load_pretrained(model, args.finetune, model_key=args.model_key, orig_t_size=args.orig_t_size,
+                                        trust_checkpoint=args.trust_checkpoint, log=log)
+        log(f"--finetune report: {report}")
+    if not args.dry_run:
+        model.to(device)
+
+    # 4. optimizer, lr scaling, back end
+    world = dist_utils.get_world_size()
+    base = {k: getattr(args, k) for k in ("lr", "min_lr", "warmup_lr")}
+    for k, v in base.items():
+        setattr(args, k, scaled_lr(v, args.batch_size, args.update_freq, world, args.num_sample))
+    log(f"lr scaling: lr {base['lr']:g} -> {args.lr:g}, warmup_lr {base['warmup_lr']:g} -> {args.warmup_lr:g}, "
+        f"min_lr {base['min_lr']:g} -> {args.min_lr:g} (x batch {args.batch_size} x update_freq {args.update_freq} "
+        f"x world {world} x num_sample {args.num_sample} / 256)")
+    num_layers = model.get_num_layers() if hasattr(model, "get_num_layers") else len(getattr(model, "layers", []))
+    groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay, num_layers)
+    if args.layer_decay < 1.0:
+        log(f"layer decay {args.layer_decay}: {num_layers} layers, lr scales "
+            f"{sorted({round(g['lr_scale'], 6) for g in groups})}")
+    if args.dry_run:
+        create_optimizer(args, model, groups)
+        log("dry run: arguments, model, datasets and optimizer built; exiting without training")
+        return {"dry_run": True, "n_parameters": n_parameters}
+    backend = build_backend(args, model, groups, lambda g: create_optimizer(args, model, g))
+    model_without_ddp = backend.model_without_ddp
+    model_ema = None
+    if args.model_ema:
+        from timm.utils import ModelEmaV3
+
+        model_ema = ModelEmaV3(model_without_ddp, decay=args.model_ema_decay,
+                               device="cpu" if args.model_ema_force_cpu else None)
+        log(f"model EMA: decay {args.model_ema_decay}{' on cpu' if args.model_ema_force_cpu else ''}")
+    criterion = (wiring.build_criterion or (lambda a, m, _model: build_criterion(a, m)))(args, mixup_fn, model)
+    log(f"criterion: {criterion}; back end: {backend.name}; precision: {_precision(args, backend)}")
+
+    # 5. resume state
+    start_epoch = args.start_epoch
+    best = {"acc1": -1.0, "epoch": -1}
+    if resume_path is not None:
+        start_epoch, best = _load_resume(args, backend, model_ema, resume_path, resume_ckpt, reason, log)
+    log_writer = TensorboardLogger(args.log_dir)
+    autocast = backend.autocast
+
+    if args.eval:
+        return _run_eval(args, loaders, backend, autocast, log, n_parameters)
+
+    steps_per_epoch = len(loaders["train"]) // args.update_freq
+    lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
+                                   args.warmup_lr, args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    log(f"training: {args.epochs} epochs x {steps_per_epoch} optimizer steps, start epoch {start_epoch}, "
+        f"first lr {lr_schedule[min(start_epoch * steps_per_epoch, len(lr_schedule) - 1)]:.3e}")
+    bad_total = int(getattr(args, "_bad_total", 0))
+    t0 = time.time()
+    stats = {}
+    for epoch in range(start_epoch, args.epochs):
+        # each epoch's randomness depends only on (seed, epoch, rank): resume continues exactly
+        seed_everything(args.seed + 1000 * epoch + dist_utils.get_rank())
+        loaders["train"].sampler.set_epoch(epoch)
+        loaders["train"].generator.manual_seed(args.seed + epoch)
+        if log_writer is not None:
+            log_writer.set_step(epoch * steps_per_epoch)
+
+        def on_nonfinite(ep, step):
+            backend.save(args.output_dir, ep, _client_state(args, model_ema, best, bad_total),
+                         ["checkpoint-nonfinite.pth"], tag=False) if args.output_dir else None
+            if dist_utils.is_main_process() and args.output_dir:
+                print(f"state before the failing step saved to {args.output_dir}/checkpoint-nonfinite.pth")
+
+        try:
+            train_stats = train_one_epoch(backend, criterion, loaders["train"], epoch, args, lr_schedule, wd_schedule,
+                                          start_steps=epoch * steps_per_epoch,
+                                          num_training_steps_per_epoch=steps_per_epoch, mixup_fn=mixup_fn,
+                                          model_ema=model_ema, log_writer=log_writer, on_nonfinite=on_nonfinite,
+                                          bad_so_far=bad_total, print_freq=args.print_freq,
+                                          max_steps=getattr(args, "max_steps_per_epoch", None))
+        except (NonFiniteLossError, TooManyBadSamplesError) as e:
+            print(f"stopping: {e}")
+            dist_utils.cleanup()
+            sys.exit(1)
+        bad_total += int(train_stats.get("n_replaced", 0))
+        args._bad_total = bad_total
+        if bad_total:
+            log(f"epoch {epoch}: {train_stats.get('n_replaced', 0)} unreadable training samples replaced "
+                f"({bad_total} in total, limit --max_bad_samples {args.max_bad_samples})")
+        val_stats, ema_stats = {}, {}
+        if "val" in loaders:
+            val_stats = evaluate(loaders["val"], model_without_ddp, device, autocast)
+            if model_ema is not None:
+                ema_stats = evaluate(loaders["val"], model_ema.module, device, autocast, header="Val (EMA):")
+            if log_writer is not None:
+                log_writer.update(head="perf", step=epoch, val_acc1=val_stats["acc1"], val_acc5=val_stats["acc5"],
+                                  val_loss=val_stats["loss"], ema_val_acc1=ema_stats.get("acc1"))
+        is_best = bool(val_stats) and val_stats["acc1"] > best["acc1"]
+        if is_best:
+            best = {"acc1": val_stats["acc1"], "epoch": epoch}
+        if args.output_dir and args.save_ckpt:
+            names = ["checkpoint-latest.pth"]
+            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+                names.append(f"checkpoint-{epoch}.pth")
+            if is_best or not val_stats:
+                names.append("checkpoint-best.pth")
+            backend.save(args.output_dir, epoch, _client_state(args, model_ema, best, bad_total, steps_per_epoch,
+                                                               epoch), names)
+            dist_utils.barrier()
+        if val_stats:
+            log(f"accuracy on {val_stats['n']} val items: {val_stats['acc1']:.2f}% (best {best['acc1']:.2f}% "
+                f"at epoch {best['epoch']})")
+        stats = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in val_stats.items()},
+                 **{f"val_ema_{k}": v for k, v in ema_stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
+        append_json_log(args.output_dir, stats)
+        update_summary(args.output_dir, {"epoch": epoch, "train_loss": train_stats.get("loss"),
+                                         "val_acc1": val_stats.get("acc1"), "val_acc5": val_stats.get("acc5")})
+        if log_writer is not None:
+            log_writer.flush()
+    total = str(datetime.timedelta(seconds=int(time.time() - t0)))
+    log(f"training time {total}")
+    result = {"best_val_acc1": best["acc1"], "best_epoch": best["epoch"]}
+    if "test" in loaders and args.test_at_end:
+        if args.test_best and args.output_dir and os.path.isfile(os.path.join(args.output_dir, "checkpoint-best.pth")):
+            path = os.path.join(args.output_dir, "checkpoint-best.pth")
+            ckpt = load_checkpoint(path, args.trust_checkpoint)
+            model_without_ddp.load_state_dict(ckpt["model"])
+            log(f"final test with the best checkpoint {path} (epoch {ckpt.get('epoch')})")
+        result.update(_final_test_and_merge(args, loaders["test"], backend, autocast, log))
+    elif "val" in loaders:
+        result.update({"Final top-1": stats.get("val_acc1"), "Final Top-5": stats.get("val_acc5")})
+        append_json_log(args.output_dir, {"Final top-1": stats.get("val_acc1"), "Final Top-5": stats.get("val_acc5")})
+    log(f"summary: {json.dumps(to_plain(result))}")
+    log_writer.close()
+    dist_utils.cleanup()
+    return result
+
+
+def _lists_exist(args) -> bool:
+    lists = [args.train_list, args.val_list, args.test_list]
+    if any(lists):
+        return all(p is None or os.path.exists(p) for p in lists)
+    return bool(args.data_path) and os.path.isdir(args.data_path)
+
+
+def _precision(args, backend) -> str:
+    d = getattr(backend, "dtype", None)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(d, "fp32")
+
+
+def _client_state(args, model_ema, best, bad_total, steps_per_epoch=None, epoch=None) -> dict:
+    st = {"args": to_plain({k: v for k, v in vars(args).items() if not k.startswith("_")}), "best": dict(best),
+          "bad_total": int(bad_total), "rng": rng_state(), "model_cfg": to_plain(getattr(args, "_model_cfg", {}))}
+    if steps_per_epoch is not None and epoch is not None:
+        st["global_step"] = int((epoch + 1) * steps_per_epoch)
+    if model_ema is not None:
+        st["model_ema"] = model_ema.module.state_dict()
+    return st
+
+
+def _load_resume(args, backend, model_ema, path, ckpt, reason, log):
+    """Load model/optimizer/scaler/EMA/RNG from the resume source; returns (start_epoch, best)."""
+    load_opt = not args.eval
+    if backend.name == "deepspeed" and not args.eval:
+        tag = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else None
+        folder = os.path.dirname(path.rstrip("/")) if tag else args.output_dir
+        if tag is None and ckpt is not None:
+            want = f"checkpoint-{ckpt.get('epoch')}"
+            tag = want if os.path.isdir(os.path.join(folder, want)) else find_deepspeed_tag(folder)
+        if tag is not None:
+            client = backend.load_tag(folder, tag)
+            log(f"resumed DeepSpeed state from {os.path.join(folder, tag)} ({reason})")
+            ckpt = dict(client)
+            load_opt = False
+        elif ckpt is None:
+            raise SystemExit(f"error: {path}: no DeepSpeed tag folder to resume from")
+        else:
+            backend.load(ckpt, path, load_optimizer=True, log=log)
+            load_opt = False
+    else:
+        if ckpt is None:
+            raise SystemExit(f"error: {path} is a DeepSpeed tag folder; resume it with --enable_deepspeed")
+        backend.load(ckpt, path, load_optimizer=load_opt, log=log)
+    if model_ema is not None and "model_ema" in ckpt:
+        model_ema.module.load_state_dict(ckpt["model_ema"])
+    if "rng" in ckpt and not args.eval:
+        set_rng_state(ckpt["rng"])
+    args._bad_total = int(ckpt.get("bad_total", 0))
+    epoch = ckpt.get("epoch")
+    log(f"loaded {path} ({reason}); checkpoint epoch {epoch}")
+    if args.eval or epoch is None:
+        return args.start_epoch, ckpt.get("best", {"acc1": -1.0, "epoch": -1})
+    return int(epoch) + 1, ckpt.get("best", {"acc1": -1.0, "epoch": -1})
+
+
+def _final_test_and_merge(args, test_loader, backend, autocast, log) -> dict:
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    out_dir = args.output_dir or "."
+    preds = os.path.join(out_dir, "predictions")
+    if dist_utils.is_main_process():
+        os.makedirs(preds, exist_ok=True)
+        for f in os.listdir(preds):
+            if f.endswith(".txt") or f.endswith(".bad"):
+                os.remove(os.path.join(preds, f))
+    dist_utils.barrier()
+    device = torch.device(args.device)
+    info = final_test(test_loader, backend.model_without_ddp, device, os.path.join(preds, f"{rank}.txt"), autocast)
+    print(f"rank {rank}: {info['n_views']} test views written, {info['n_bad_views']} unreadable", force=True)
+    dist_utils.barrier()
+    res = {}
+    if dist_utils.is_main_process():
+        m = merge(preds, world, log=log)
+        res = {"Final top-1": m["top1"], "Final Top-5": m["top5"], "n_videos": m["n_videos"],
+               "n_unreadable": m["n_unreadable"], "views_per_video": list(m["views_per_video"])}
+        append_json_log(args.output_dir, res)
+        log(f"Final top-1 {m['top1']:.3f}%  Top-5 {m['top5']:.3f}% over {m['n_videos'] + m['n_unreadable']} videos")
+    dist_utils.barrier()
+    return res
+
+
+def _run_eval(args, loaders, backend, autocast, log, n_parameters) -> dict:
+    if "test" in loaders:
+        res = _final_test_and_merge(args, loaders["test"], backend, autocast, log)
+    else:
+        st = evaluate(loaders["val"], backend.model_without_ddp, torch.device(args.device), autocast)
+        res = {"Final top-1": st["acc1"], "Final Top-5": st["acc5"], "n": st["n"], "n_skipped": st["n_skipped"]}
+        append_json_log(args.output_dir, res)
+    log(f"summary: {json.dumps(to_plain(res))}")
+    dist_utils.cleanup()
+    return res
