@@ -1,0 +1,189 @@
+"""Checkpoint reading and the loading contract for VideoMambaPro / VideoMamba weights.
+
+``load_checkpoint_file(path, trust_checkpoint=False) -> dict``: ``torch.load(weights_only=True)``
+with clear errors for missing, truncated/corrupt and code-carrying files.
+
+``load_pretrained(model, path_or_state_dict, ...) -> report``: unwrap ``model``/``module``/``state_dict``
+(DeepSpeed ``mp_rank_00_model_states.pt`` included), strip ``module.``/``backbone.``/``encoder.``/
+``_orig_mod.`` prefixes, inflate an image (2-D) patch kernel for a video model, resize ``pos_embed``
+(bicubic) and ``temporal_pos_embedding`` (linear), drop a mismatched head with a message, load, and
+assert that the missing keys are exactly the expected ones (STYLE.md item 10).
+
+The tensor surgery helpers below are model-agnostic; ``models.videomambapro.checkpoint_filter_fn``
+applies them for a given model (and is also timm's ``pretrained_filter_fn``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import zipfile
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "load_checkpoint_file", "load_pretrained", "unwrap_state_dict", "strip_prefixes", "inflate_patch_kernel",
+    "resize_pos_embed", "resize_temporal_embedding", "PREFIXES", "DEEPSPEED_MODEL_FILE",
+]
+
+PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
+DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
+WRAPPER_KEYS = ("model", "module", "state_dict", "model_ema")
+
+
+def _resolve_path(path: str) -> str:
+    """A file, or a DeepSpeed checkpoint folder (``latest`` tag file or a tag folder) -> the model file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if os.path.isdir(path):
+        cands = [os.path.join(path, DEEPSPEED_MODEL_FILE)]
+        latest = os.path.join(path, "latest")
+        if os.path.isfile(latest):
+            with open(latest) as f:
+                cands.insert(0, os.path.join(path, f.read().strip(), DEEPSPEED_MODEL_FILE))
+        for c in cands:
+            if os.path.isfile(c):
+                return c
+        raise FileNotFoundError(f"{path} is a folder without a DeepSpeed {DEEPSPEED_MODEL_FILE} (looked at {cands})")
+    return path
+
+
+def load_checkpoint_file(path, trust_checkpoint: bool = False) -> dict:
+    """Load a checkpoint as data (``weights_only=True``) unless ``trust_checkpoint``.
+
+    Raises RuntimeError naming the file when it is truncated/corrupt, or when it needs full
+    unpickling (then suggesting ``--trust_checkpoint`` for a file from a trusted source).
+    """
+    path = _resolve_path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as e:
+        if not trust_checkpoint and "weights_only" in str(e).lower().replace(" ", "_"):
+            raise RuntimeError(
+                f"checkpoint {path} contains objects that need full unpickling (code execution) and was refused; "
+                f"if you trust its source, pass --trust_checkpoint (load_checkpoint_file(..., trust_checkpoint=True)). "
+                f"Detail: {str(e).splitlines()[0]}"
+            ) from e
+        raise RuntimeError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: {e}") from e
+    except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError) as e:
+        raise RuntimeError(
+            f"could not read checkpoint {path} ({os.path.getsize(path)} bytes): the file is truncated or corrupt "
+            f"(e.g. an interrupted copy or save). Detail: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not isinstance(ckpt, dict):
+        raise RuntimeError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict (state dict or wrapper)")
+    return ckpt
+
+
+def unwrap_state_dict(ckpt: dict, model_key: str = "model|module", log=print):
+    """Return ``(state_dict, key_used)``: the first of ``model_key.split('|')`` (then ``state_dict``)
+    holding a dict; a bare state dict (tensor values) is returned as is with key ``None``."""
+    keys = [k for k in model_key.split("|") if k] + ["state_dict"]
+    for k in keys:
+        if k in ckpt and isinstance(ckpt[k], dict):
+            if log:
+                log(f"load checkpoint: using the '{k}' entry")
+            return ckpt[k], k
+    if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        return ckpt, None
+    raise KeyError(f"no state dict under {keys} and not a bare state dict; top-level keys: {sorted(ckpt)[:20]}")
+
+
+def strip_prefixes(state_dict: dict, prefixes=PREFIXES):
+    """Strip wrapper prefixes (repeatedly, e.g. ``module._orig_mod.``). Returns ``(new_dict, stripped)``."""
+    stripped = set()
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+                    stripped.add(p)
+        out[k] = v
+    return out, sorted(stripped)
+
+
+def inflate_patch_kernel(w: torch.Tensor, t: int, mode: str = "center") -> torch.Tensor:
+    """Image patch kernel ``(d, c, kh, kw)`` -> video ``(d, c, t, kh, kw)``.
+
+    ``center`` (VideoMamba's ``inflate_weight`` default): the 2-D kernel in frame ``t // 2``, zeros
+    elsewhere, so a static clip gives the image features. ``average``: the kernel / t in every frame.
+    """
+    if w.dim() != 4:
+        raise ValueError(f"expected a 4-D image patch kernel, got {tuple(w.shape)}")
+    if mode == "center":
+        out = w.new_zeros(w.shape[0], w.shape[1], t, *w.shape[2:])
+        out[:, :, t // 2] = w
+        return out
+    if mode == "average":
+        return w.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+    raise ValueError(f"inflate mode must be 'center' or 'average', got {mode!r}")
+
+
+def resize_pos_embed(pos: torch.Tensor, new_grid, num_prefix: int = 1) -> torch.Tensor:
+    """``(1, num_prefix + h*w, d)`` -> ``(1, num_prefix + H*W, d)``; the old grid must be square."""
+    prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
+    n = grid.shape[1]
+    s = int(round(math.sqrt(n)))
+    if s * s != n:
+        raise ValueError(f"pos_embed has {n} patch positions, not a square grid; cannot resize")
+    H, W = new_grid
+    g = grid.reshape(1, s, s, -1).permute(0, 3, 1, 2).float()
+    g = F.interpolate(g, size=(H, W), mode="bicubic", align_corners=False)
+    g = g.permute(0, 2, 3, 1).reshape(1, H * W, -1).to(pos.dtype)
+    return torch.cat([prefix, g], dim=1)
+
+
+def resize_temporal_embedding(temb: torch.Tensor, new_t: int) -> torch.Tensor:
+    """``(1, t, d)`` -> ``(1, new_t, d)`` by linear interpolation along time."""
+    x = temb.permute(0, 2, 1).float()
+    x = F.interpolate(x, size=new_t, mode="linear", align_corners=False)
+    return x.permute(0, 2, 1).to(temb.dtype).contiguous()
+
+
+def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", orig_t_size=None,
+                    expected_missing=None, trust_checkpoint: bool = False, log=print) -> dict:
+    """Load weights into ``model`` following the contract above. Returns a report dict with keys
+    ``source, model_key, prefixes_stripped, actions, head_dropped, missing, unexpected, loaded``.
+
+    ``expected_missing``: extra keys the caller expects to stay missing (besides a dropped head).
+    Raises RuntimeError if the missing-key set differs from the expected one, or on a shape mismatch
+    that cannot be converted.
+    """
+    from .videomambapro import checkpoint_filter_fn  # lazy: videomambapro imports this module
+
+    log = log or (lambda *a, **k: None)
+    if isinstance(path_or_state_dict, dict):
+        source, ckpt = "<state dict>", path_or_state_dict
+    else:
+        source = _resolve_path(path_or_state_dict)
+        ckpt = load_checkpoint_file(source, trust_checkpoint=trust_checkpoint)
+    state_dict, key_used = unwrap_state_dict(ckpt, model_key, log)
+    report = {"source": source, "model_key": key_used, "actions": [], "head_dropped": False}
+    state_dict = checkpoint_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report)
+
+    own = model.state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise RuntimeError(f"checkpoint {source} does not fit the model (architecture mismatch?):\n  " + "\n  ".join(bad))
+    result = model.load_state_dict(state_dict, strict=False)
+    missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
+    expected = set(expected_missing or ())
+    if report["head_dropped"]:
+        expected |= {k for k in own if k.startswith("head.")}
+    report.update(missing=missing, unexpected=unexpected, loaded=len(state_dict) - len(unexpected))
+    if unexpected:
+        log(f"load checkpoint: {len(unexpected)} unexpected keys ignored: {unexpected[:10]}")
+    if set(missing) != expected:
+        raise RuntimeError(
+            f"loading {source}: missing keys {sorted(set(missing) - expected)} were not expected"
+            + (f"; expected-missing keys {sorted(expected - set(missing))} were present" if expected - set(missing) else "")
+            + " (pass expected_missing=... if this is intended)"
+        )
+    log(f"load checkpoint: loaded {report['loaded']} tensors from {source}; missing {missing or 'none'}")
+    return report
