@@ -34,6 +34,14 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[to
     return [correct[: min(k, maxk)].reshape(-1).float().sum() * 100.0 / max(target.shape[0], 1) for k in topk]
 
 
+def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[int]:
+    """Number of items whose label is among the top-k predictions (k capped at the number of classes)."""
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, 1, True, True)[1]
+    hit = pred.eq(target.reshape(-1, 1))
+    return [int(hit[:, : min(k, maxk)].any(1).sum().item()) for k in topk]
+
+
 def _to_list(x):
     if isinstance(x, torch.Tensor):
         return x.tolist()
@@ -145,13 +153,13 @@ def evaluate(data_loader, model, device, autocast=None, header: str = "Val:", pr
         with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
             output = model(images)
         output = output.float()
-        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        c1, c5 = correct_topk(output, target, topk=(1, 5))
         n = target.shape[0]
         totals[0] += n
         totals[1] += float(criterion(output, target).item())
-        totals[2] += float(acc1.item()) * n / 100.0
-        totals[3] += float(acc5.item()) * n / 100.0
-        metric_logger.update(acc1=acc1.item(), acc5=acc5.item())
+        totals[2] += c1
+        totals[3] += c5
+        metric_logger.update(acc1=100.0 * c1 / n, acc5=100.0 * c5 / n)
     all_reduce_sum(totals)
     n = max(totals[0].item(), 1.0)
     stats = {"loss": totals[1].item() / n, "acc1": 100.0 * totals[2].item() / n, "acc5": 100.0 * totals[3].item() / n,
