@@ -1,0 +1,136 @@
+"""Video transforms are consistent across frames; eval crops; normalisation; mixup on 5-D clips."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from datasets import VideoTrainTransform, build_mixup_fn, default_data_args, video_eval_transform
+from datasets.transforms import apply_consistently, build_rand_augment, random_resized_crop_params, to_pil_frames
+
+MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1, 1)
+STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1, 1)
+
+
+def _textured_clip(t=6, h=48, w=64, seed=0):
+    """Frame k = one random texture + 5k: any per-frame difference in crop/flip shows up spatially."""
+    base = np.random.default_rng(seed).integers(20, 200, size=(h, w, 3))
+    return np.stack([base + 5 * k for k in range(t)]).astype(np.uint8)
+
+
+def _seed(s):
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def test_train_crop_and_flip_shared_by_all_frames():
+    frames = _textured_clip()
+    tf = VideoTrainTransform(32, aa=None, reprob=0.0, flip=True)
+    flips = set()
+    for s in range(12):
+        _seed(s)
+        x = tf(frames)
+        assert x.shape == (3, 6, 32, 32) and x.dtype == torch.float32
+        px = x * STD + MEAN  # back to [0, 1]
+        for k in range(1, 6):
+            d = (px[:, k] - px[:, 0]) * 255  # = 5k everywhere if frame k got frame 0's crop and flip
+            assert (d - 5 * k).abs().max() < 1.5, f"seed {s}: frame {k} cropped/flipped differently"
+        # replay the random draws: frame 0 must be exactly that crop, flipped when the draw says so
+        _seed(s)
+        top, left, h, w = random_resized_crop_params(48, 64, (0.08, 1.0), (3 / 4, 4 / 3))
+        flip = random.random() < 0.5
+        ref = Image.fromarray(frames[0]).resize((32, 32), Image.BICUBIC, box=(left, top, left + w, top + h))
+        if flip:
+            ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
+        ref = torch.from_numpy(np.asarray(ref, dtype=np.float32)).permute(2, 0, 1)
+        assert (px[:, 0] * 255 - ref).abs().max() < 1.0
+        flips.add(flip)
+    assert flips == {True, False}  # both branches exercised
+
+
+def test_rand_augment_same_ops_on_every_frame():
+    frame = _textured_clip(1)[0]
+    frames = np.stack([frame] * 5)
+    ra = build_rand_augment("rand-m9-n4-mstd0.5-inc1", 48)
+    differs_without, changed = False, 0
+    for s in range(8):
+        _seed(s)
+        out = [np.asarray(im) for im in apply_consistently(ra, to_pil_frames(frames))]
+        assert all(np.array_equal(out[0], o) for o in out[1:])
+        changed += not np.array_equal(out[0], frame)
+        _seed(s)
+        indep = [np.asarray(ra(im)) for im in to_pil_frames(frames)]
+        differs_without |= not all(np.array_equal(indep[0], o) for o in indep[1:])
+    assert changed >= 6  # RandAugment really changes the frames
+    assert differs_without  # per-frame RandAugment would differ: the check above is meaningful
+    tf = VideoTrainTransform(32, aa="rand-m9-n4-mstd0.5-inc1", reprob=0.0)
+    for s in range(5):
+        _seed(s)
+        x = tf(frames)
+        assert torch.equal(x[:, 0:1].expand_as(x), x)
+
+
+def test_random_erasing_same_box_on_every_frame():
+    frames = np.full((5, 40, 40, 3), 220, np.uint8)  # normalised values > 0 everywhere
+    tf = VideoTrainTransform(32, aa=None, reprob=1.0, remode="const")
+    boxes = set()
+    for s in range(6):
+        _seed(s)
+        x = tf(frames)
+        erased = x == 0
+        assert erased.any() and not erased.all()
+        assert torch.equal(erased, erased[:1, :1].expand_as(erased))  # same pixels in every channel and frame
+        ys, xs = torch.nonzero(erased[0, 0], as_tuple=True)
+        assert erased[0, 0, ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # one rectangle
+        boxes.add((int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())))
+    assert len(boxes) > 1
+
+
+def test_eval_transform_normalises_and_crops_along_long_side():
+    # 48x96 frame whose column j has value 2*j: crops are read back from their left column
+    col = (2 * np.arange(96)).astype(np.uint8)
+    frames = np.broadcast_to(col[None, None, :, None], (3, 48, 96, 3)).copy()
+    lefts = []
+    for k in range(3):
+        x = video_eval_transform(frames, short_side_size=48, input_size=48, crop_index=k, num_crops=3)
+        assert x.shape == (3, 3, 48, 48)
+        px = (x * STD + MEAN) * 255
+        lefts.append(round(float(px[0, 0, 0, 0]) / 2))
+    assert lefts == [0, 24, 48]
+    grey = np.full((2, 40, 60, 3), 128, np.uint8)
+    x = video_eval_transform(grey, short_side_size=32, input_size=28)  # resize 40x60 -> 32x48, centre 28
+    assert x.shape == (3, 2, 28, 28)
+    expect = ((128 / 255 - MEAN) / STD).view(3)
+    assert torch.allclose(x.mean(dim=(1, 2, 3)), expect, atol=1e-3)
+    with pytest.raises(ValueError, match="short_side_size"):
+        video_eval_transform(grey, short_side_size=24, input_size=28)
+
+
+def test_mixup_5d_targets_and_shared_cutmix_box():
+    args = default_data_args(mixup=0.0, cutmix=1.0, mixup_prob=1.0, smoothing=0.1)
+    fn = build_mixup_fn(args, num_classes=5)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1, 1).expand(4, 3, 4, 16, 16).clone() + 1
+    y = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(0)
+    np.random.seed(0)
+    out, soft = fn(x.clone(), y)
+    assert out.shape == x.shape and soft.shape == (4, 5)
+    assert torch.allclose(soft.sum(1), torch.ones(4))
+    changed = out != x
+    assert changed.any()
+    assert torch.equal(changed, changed[:, :1, :1].expand_as(changed))  # one box for all channels and frames
+    fn = build_mixup_fn(default_data_args(), num_classes=5)  # mixup 0.8 / cutmix 1.0 / smoothing 0.1
+    for s in range(4):
+        np.random.seed(s)
+        out, soft = fn(torch.randn(4, 3, 2, 8, 8), y)
+        assert out.shape == (4, 3, 2, 8, 8) and torch.allclose(soft.sum(1), torch.ones(4))
+        assert (soft > 0).all()  # smoothing keeps every class above zero
+    img, soft = fn(torch.randn(2, 3, 8, 8), y[:2])
+    assert img.shape == (2, 3, 8, 8) and soft.shape == (2, 5)
+    with pytest.raises(ValueError, match="even batch"):
+        fn(torch.randn(3, 3, 2, 8, 8), torch.tensor([0, 1, 2]))
+    assert build_mixup_fn(default_data_args(mixup=0, cutmix=0, smoothing=0), 5) is None
+    assert build_mixup_fn(default_data_args(mixup=0, cutmix=0, smoothing=0.1), 5) is None  # engine smooths
