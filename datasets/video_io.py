@@ -70,12 +70,19 @@ class DecordVideo:
         return self._n
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Decoded frames; when decord fails on a file (e.g. its frame-size bug on some small widths) PyAV
+        decodes it instead, provided it finds the same number of frames."""
         try:
-            frames = self._vr.get_batch(list(indices)).asnumpy()
+            return _check_frames(self.path, self._vr.get_batch(list(indices)).asnumpy(), len(indices))
         except Exception as e:
-            raise VideoReadError(self.path, f"decord cannot decode frames ({type(e).__name__}: "
-                                            f"{str(e).strip()[:200]})") from e
-        return _check_frames(self.path, frames, len(indices))
+            reason = f"decord cannot decode frames ({type(e).__name__}: {str(e).strip()[:200]})"
+        try:
+            video = PyAVVideo(self.path)
+        except VideoReadError as e:
+            raise VideoReadError(self.path, f"{reason}; {e.reason}") from e
+        if len(video) != self._n:
+            raise VideoReadError(self.path, f"{reason}; PyAV finds {len(video)} of {self._n} frames")
+        return video.get(indices)
 
 
 class PyAVVideo:
@@ -137,15 +144,7 @@ def read_video_frames(path: str, index_fn: Callable[[int], List[int]], reader: s
     video = open_video(path, reader)
     total = len(video)
     indices = index_fn(total)
-    try:
-        return video.get(indices), indices, total
-    except VideoReadError:
-        if isinstance(video, DecordVideo):  # a file decord opens but cannot decode: try PyAV once
-            video = PyAVVideo(path)
-            if len(video) != total:
-                raise
-            return video.get(indices), indices, total
-        raise
+    return video.get(indices), indices, total
 
 
 def read_rawframes(folder: str, indices: Sequence[int], filename_tmpl: str = "img_{:05}.jpg",

@@ -192,3 +192,17 @@ def test_pyav_reader_choice(numbered):
     assert _denorm_frame_numbers(ds[0][0]) == [1, 4, 7, 10]
     with pytest.raises(ValueError, match="video_reader"):
         VideoClsDataset(str(numbered / "video.csv"), "validation", video_reader="opencv", **EVAL)
+
+
+def test_decord_failures_fall_back_to_pyav(tmp_path, monkeypatch):
+    import datasets.video_io as vio
+
+    # decord 0.6 returns wrongly sized buffers for some widths (here 48): PyAV decodes those files instead
+    write_video(str(tmp_path / "w48.mp4"), numbered_frames(6, 32, 48))
+    v = open_video(str(tmp_path / "w48.mp4"), "decord")
+    assert isinstance(v, vio.DecordVideo)
+    assert [frame_number(f) for f in v.get([5, 0, 2])] == [5, 0, 2]
+    # decord not installed: PyAV is used
+    monkeypatch.setattr(vio, "decord_available", lambda: False)
+    v = open_video(str(tmp_path / "w48.mp4"), "decord")
+    assert isinstance(v, vio.PyAVVideo) and [frame_number(f) for f in v.get([1, 4])] == [1, 4]
