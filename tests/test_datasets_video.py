@@ -10,10 +10,15 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader
 
-from datasets import (RawFrameClsDataset, VideoClsDataset, build_dataset, multiple_samples_collate, open_video,
-                      read_video_frames)
-from tests.data_utils import (frame_number, numbered_frames, synthetic_dataset, tiny_data_args,  # noqa: F401
-                              write_frames, write_video)
+from datasets import (
+    RawFrameClsDataset,
+    VideoClsDataset,
+    build_dataset,
+    multiple_samples_collate,
+    open_video,
+    read_video_frames,
+)
+from tests.data_utils import frame_number, numbered_frames, synthetic_dataset, tiny_data_args, write_frames, write_video  # noqa: F401
 
 EVAL = dict(num_frames=4, input_size=32, short_side_size=32, aa=None, reprob=0.0)
 
@@ -95,7 +100,7 @@ def test_dataloader_two_workers_runs_through(synthetic_dataset, raw):  # noqa: F
     ds, _ = build_dataset(True, False, tiny_data_args(synthetic_dataset, use_rawframes=raw))
     loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=True, drop_last=True)
     seen = []
-    for x, y, idx, n_rep in loader:
+    for x, _y, idx, n_rep in loader:
         assert x.shape == (4, 3, 4, 32, 32) and torch.isfinite(x).all() and n_rep.sum() == 0
         seen += idx.tolist()
     assert sorted(seen) == list(range(8))
