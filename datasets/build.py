@@ -73,8 +73,9 @@ def _build_imagenet(is_train: bool, test_mode: bool, args, nb_classes: int):
                                      re_mode=_get(args, "remode"), re_count=_get(args, "recount"))
     else:
         transform = create_transform(input_size, is_training=False, interpolation="bicubic", crop_pct=224 / 256)
-    mode = "train" if is_train else "val"
-    explicit = _get(args, f"{mode}_list") or (None if is_train else _get(args, "test_list") if test_mode else None)
+    mode = "train" if is_train else "val"  # ImageNet has no labelled test split: test_mode reads val data
+    explicit = _get(args, "train_list") if is_train else (
+        (_get(args, "test_list") if test_mode else None) or _get(args, "val_list"))
     folder = os.path.join(_get(args, "data_path") or "", mode)
     common = dict(is_train=is_train, nb_classes=nb_classes, filename_tmpl=_get(args, "filename_tmpl"),
                   start_idx=_get(args, "start_idx"))
@@ -129,6 +130,5 @@ def build_dataset(is_train: bool, test_mode: bool, args):
     n_labels = len({s.label for s in ds.samples})
     msg = (f"[{data_set} {mode}] {len(ds.samples)} samples, {n_labels} distinct labels of {nb_classes} classes "
            f"from {source}" + (f" ({len(ds)} views)" if mode == "test" else ""))
-    logger.info(msg)
     print(msg)
     return ds, nb_classes

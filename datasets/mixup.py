@@ -15,6 +15,11 @@ class VideoMixup:
     def __init__(self, mixup: Mixup):
         self.mixup = mixup
 
+    def __getattr__(self, name):  # mixup_enabled, mixup_alpha, ... of the wrapped timm Mixup
+        if name == "mixup":
+            raise AttributeError(name)
+        return getattr(self.mixup, name)
+
     def __call__(self, x: torch.Tensor, target: torch.Tensor):
         if len(x) % 2 != 0:
             raise ValueError(f"mixup/cutmix needs an even batch size, got {len(x)} (use drop_last=True for "

@@ -97,7 +97,8 @@ class PyAVVideo:
             with av.open(path) as container:
                 if not container.streams.video:
                     raise VideoReadError(path, "no video stream")
-                self._frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+                # keep the decoded (yuv) frames; only the requested ones are converted to RGB in get()
+                self._frames = list(container.decode(video=0))
         except VideoReadError:
             raise
         except Exception as e:  # av.error.FFmpegError subclasses, IndexError on empty containers, ...
@@ -107,7 +108,8 @@ class PyAVVideo:
         return len(self._frames)
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
-        return _check_frames(self.path, np.stack([self._frames[i] for i in indices]), len(indices))
+        rgb = {i: self._frames[i].to_ndarray(format="rgb24") for i in set(indices)}
+        return _check_frames(self.path, np.stack([rgb[i] for i in indices]), len(indices))
 
 
 def open_video(path: str, reader: str = "decord"):

@@ -37,6 +37,10 @@ def test_image_list_and_frame_folder_rows(tree, tmp_path):
     args = default_data_args(data_set="IMNET", data_path=str(tmp_path), data_root=str(tree), input_size=32)
     ds, _ = build_dataset(True, False, args)
     assert ds.kind == "image" and [ds[i][1] for i in range(2)] == [5, 7]
+    (tmp_path / "test.csv").write_text("val/n02/1.png 3\n")
+    ds, _ = build_dataset(False, True, default_data_args(data_set="IMNET", data_path=str(tmp_path), input_size=32,
+                                                         data_root=str(tree), test_list=str(tmp_path / "test.csv")))
+    assert len(ds) == 1 and ds[0][1] == 3 and ds[0][0].shape == (3, 32, 32)
     # frame-folder rows: the images 0.png/1.png of a folder as frames
     (tmp_path / "frames.csv").write_text(f"{tree / 'val' / 'n02'} 2 4\n")
     ds = ImageNetDataset(list_file=str(tmp_path / "frames.csv"), is_train=False, filename_tmpl="{}.png", start_idx=0)

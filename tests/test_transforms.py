@@ -123,6 +123,7 @@ def test_mixup_5d_targets_and_shared_cutmix_box():
     assert changed.any()
     assert torch.equal(changed, changed[:, :1, :1].expand_as(changed))  # one box for all channels and frames
     fn = build_mixup_fn(default_data_args(), num_classes=5)  # mixup 0.8 / cutmix 1.0 / smoothing 0.1
+    assert fn.mixup_enabled and fn.mixup_alpha == 0.8 and fn.cutmix_alpha == 1.0  # timm attributes pass through
     for s in range(4):
         np.random.seed(s)
         out, soft = fn(torch.randn(4, 3, 2, 8, 8), y)
