@@ -311,6 +311,7 @@ default_cfgs = generate_default_cfgs({
        for arch in ("videomambapro", "videomamba") for size in ("tiny", "small", "middle")},
     **{f"{arch}_{size}": _cfg(num_classes=4, input_size=(3, img, img))
        for arch in ("videomambapro", "videomamba") for size, (img, _) in _SMALL_INPUT.items()},
+    **{f"{arch}_test_image": _cfg(num_classes=10, input_size=(3, 32, 32)) for arch in ("videomambapro", "videomamba")},
 })
 
 
@@ -411,3 +412,13 @@ def videomambapro_demo(pretrained=False, **kwargs):
 @register_model
 def videomamba_demo(pretrained=False, **kwargs):
     return _create_videomambapro("videomamba_demo", pretrained, **kwargs)
+
+
+@register_model
+def videomambapro_test_image(pretrained=False, **kwargs):
+    return _create_videomambapro("videomambapro_test_image", pretrained, **kwargs)
+
+
+@register_model
+def videomamba_test_image(pretrained=False, **kwargs):
+    return _create_videomambapro("videomamba_test_image", pretrained, **kwargs)
