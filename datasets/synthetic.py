@@ -1,9 +1,11 @@
 """A small, learnable synthetic video dataset whose label is the motion direction of a square.
 
-Class c in {0: left, 1: right, 2: up, 3: down}: a bright square of random colour moves with constant speed
-over a static noisy, textured background, wrapping around the frame edges (a torus). The start position is
-uniform, so the square's position in any single frame is uniform for every class: one frame is at chance,
-the label is only visible in the motion. Deterministic from ``seed``.
+A bright square of random colour sits on a static noisy, textured background and, per class, moves with
+constant speed: 0 = up, 1 = down, 2 = sideways (left or right, drawn per video), 3 = stays still. It wraps
+around the frame edges (a torus) and starts at a uniform random position, so its position in any single
+frame is uniform for every class: one frame is at chance, the label is only visible in the motion.
+The classes are invariant under a horizontal flip, so the default training flip (p=0.5) keeps every label
+true. Deterministic from ``seed``.
 
 Layout written by :func:`make_dataset` (see CONVENTIONS / the synthetic-data contract)::
 
@@ -20,8 +22,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-CLASS_NAMES = ("move_left", "move_right", "move_up", "move_down")
-_DIRECTIONS = ((0, -1), (0, 1), (-1, 0), (1, 0))  # (dy, dx) per class
+CLASS_NAMES = ("move_up", "move_down", "move_sideways", "stay")
+_DIRECTIONS = ((-1, 0), (1, 0), (0, None), (0, 0))  # (dy, dx) per class; None: dx = +-1 drawn per video
 
 
 def _import_av():
@@ -82,6 +84,8 @@ def make_clip(label: int, rng: np.random.Generator, frames: int = 16, size: int 
     colour = rng.integers(170, 256, size=3).astype(np.float32)
     y0, x0 = rng.integers(0, size, size=2)
     dy, dx = _DIRECTIONS[label]
+    if dx is None:
+        dx = 1 if rng.random() < 0.5 else -1
     out = np.empty((frames, size, size, 3), np.uint8)
     rows = np.arange(side)
     for t in range(frames):

@@ -17,7 +17,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_classes", type=int, default=4, help="1..4 (left, right, up, down)")
+    p.add_argument("--num_classes", type=int, default=4, help="1..4 (up, down, sideways, stay)")
     p.add_argument("--train_per_class", type=int, default=40)
     p.add_argument("--val_per_class", type=int, default=10)
     p.add_argument("--test_per_class", type=int, default=10)

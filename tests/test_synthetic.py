@@ -10,7 +10,7 @@ from datasets.synthetic import make_clip
 from tests.data_utils import synthetic_dataset  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIFT = {0: (0, -1), 1: (0, 1), 2: (-1, 0), 3: (1, 0)}
+SHIFT = {0: [(-1, 0)], 1: [(1, 0)], 2: [(0, -1), (0, 1)], 3: [(0, 0)]}  # class 2: left or right
 
 
 def _square_mask(frame):
@@ -19,15 +19,29 @@ def _square_mask(frame):
 
 @pytest.mark.parametrize("label", [0, 1, 2, 3])
 def test_square_moves_in_the_label_direction(label):
-    clip = make_clip(label, np.random.default_rng(label), frames=8, size=40)
     speed = 40 // 20
-    dy, dx = SHIFT[label]
-    masks = [_square_mask(f) for f in clip]
-    assert masks[0].sum() == (40 // 5) ** 2
-    for t in range(7):
-        assert np.array_equal(np.roll(masks[t], (dy * speed, dx * speed), axis=(0, 1)), masks[t + 1])
-    bg = ~masks[0] & ~masks[-1]
-    assert np.array_equal(clip[0][bg], clip[-1][bg])  # static background
+    seen = set()
+    for seed in range(6):
+        clip = make_clip(label, np.random.default_rng(seed), frames=8, size=40)
+        masks = [_square_mask(f) for f in clip]
+        assert masks[0].sum() == (40 // 5) ** 2
+        moves = [d for d in SHIFT[label]
+                 if all(np.array_equal(np.roll(masks[t], (d[0] * speed, d[1] * speed), axis=(0, 1)), masks[t + 1])
+                        for t in range(7))]
+        assert len(moves) == 1
+        seen.add(moves[0])
+        bg = ~masks[0] & ~masks[-1]
+        assert np.array_equal(clip[0][bg], clip[-1][bg])  # static background
+    assert seen == set(SHIFT[label])  # sideways: both directions occur
+
+
+def test_classes_survive_a_horizontal_flip():
+    speed = 40 // 20
+    for label in range(4):
+        clip = make_clip(label, np.random.default_rng(label), frames=4, size=40)[:, :, ::-1]
+        masks = [_square_mask(f) for f in clip]
+        assert any(all(np.array_equal(np.roll(masks[t], (d[0] * speed, d[1] * speed), axis=(0, 1)), masks[t + 1])
+                       for t in range(3)) for d in SHIFT[label])
 
 
 def test_single_frame_position_does_not_depend_on_class():
@@ -66,7 +80,7 @@ def test_deterministic_from_seed(tmp_path):
 
 def test_layout_and_lists(synthetic_dataset):  # noqa: F811
     p = synthetic_dataset
-    assert open(p["labels"]).read().split() == ["move_left", "move_right", "move_up", "move_down"]
+    assert open(p["labels"]).read().split() == ["move_up", "move_down", "move_sideways", "stay"]
     for split, n in (("train", 8), ("val", 4), ("test", 4)):
         vids = read_list(p[split], "video", nb_classes=4)
         raws = read_list(p["rawframes_" + split], "rawframe", nb_classes=4)
