@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Training-step throughput (forward + backward, clips/s) and peak memory vs frames, VideoMambaPro
+next to VideoMamba, in one table.
+
+    python scripts/bench_model.py --device cuda --size tiny --frames 8 16 32 64 --img_size 224 --batch_size 8
+    python scripts/bench_model.py                      # CPU default: the 'test' size, 32 px, small batch
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the growth of the process's
+peak resident set (a coarse high-water mark: a configuration that needs less than an earlier one
+shows 0). The scan backend is the one ``VMP_SCAN_BACKEND`` / ``--scan_backend`` selects.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+
+def _rss_peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def bench_one(name, frames, args, device):
+    import timm
+
+    kw = dict(num_frames=frames, img_size=args.img_size, num_classes=400)
+    model = timm.create_model(name, **kw).to(device)
+    if args.use_checkpoint:
+        model.set_grad_checkpointing(True)
+    x = torch.randn(args.batch_size, 3, frames, args.img_size, args.img_size, device=device)
+    y = torch.randint(0, 400, (args.batch_size,), device=device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    def step():
+        with amp:
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = _rss_peak_mib()
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_peak_mib() - rss0
+    del model, x
+    return args.batch_size * args.iters / dt, mem
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", default=None, help="tiny|small|middle|demo|test (default: tiny on CUDA, test on CPU)")
+    p.add_argument("--frames", nargs="+", type=int, default=[8, 16, 32, 64])
+    p.add_argument("--img_size", type=int, default=None, help="default 224 on CUDA, 32 on CPU")
+    p.add_argument("--batch_size", type=int, default=None, help="default 8 on CUDA, 2 on CPU")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing of all blocks")
+    p.add_argument("--scan_backend", default=None, help="auto|reference|torch|cuda|triton")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cpu = device.type == "cpu"
+    args.size = args.size or ("test" if cpu else "tiny")
+    args.img_size = args.img_size or (32 if cpu else 224)
+    args.batch_size = args.batch_size or (2 if cpu else 8)
+
+    import models  # noqa: F401
+    from mamba.ops import resolve_backend, set_scan_backend
+
+    if args.scan_backend:
+        set_scan_backend(args.scan_backend)
+    print(f"device {device}, size {args.size}, img {args.img_size}, batch {args.batch_size}, "
+          f"scan backend {resolve_backend(device.type)}, bf16 {args.bf16}, threads {torch.get_num_threads()}")
+    mem_name = "peak MiB" if not cpu else "peak RSS +MiB"
+    print(f"{'frames':>6} {'tokens':>7} | {'Pro clips/s':>11} {'VM clips/s':>10} {'Pro/VM':>6} | "
+          f"{'Pro ' + mem_name:>17} {'VM ' + mem_name:>16}")
+    n = (args.img_size // 16) ** 2
+    for f in args.frames:
+        row = {}
+        for arch in ("videomambapro", "videomamba"):
+            try:
+                row[arch] = bench_one(f"{arch}_{args.size}", f, args, device)
+            except torch.cuda.OutOfMemoryError:
+                row[arch] = (float("nan"), float("nan"))
+                torch.cuda.empty_cache()
+        (tp, mp), (tv, mv) = row["videomambapro"], row["videomamba"]
+        print(f"{f:>6} {1 + n * f:>7} | {tp:>11.2f} {tv:>10.2f} {tp / tv:>6.2f} | {mp:>17.0f} {mv:>16.0f}")
+
+
+if __name__ == "__main__":
+    main()
