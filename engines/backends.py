@@ -143,9 +143,6 @@ class DeepSpeedBackend:
         path = write_deepspeed_config(args)
         with open(path) as f:
             cfg = json.load(f)
-        if not str(args.device).startswith("cuda"):
-            # CPU: torch's AdamW instead of compiling DeepSpeed's fused C++ Adam (same math).
-            cfg["optimizer"]["params"]["torch_adam"] = True
         groups = [{k: v for k, v in g.items() if k != "param_names"} for g in param_groups]
         self.model, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=cfg)
         self.model_without_ddp = self.model.module
@@ -163,13 +160,15 @@ class DeepSpeedBackend:
     def backward_step(self, loss: torch.Tensor, update: bool):
         self.model.backward(loss)
         boundary = self.model.is_gradient_accumulation_boundary()
+        own = None
+        if boundary and self.args.zero_stage == 0:
+            # stage 0 keeps full .grad tensors; DeepSpeed reports a norm only when it clips
+            own = grad_norm_of(p for p in self.model_without_ddp.parameters() if p.requires_grad)
         self.model.step()
         if not boundary:
             return None
         norm = self.model.get_global_grad_norm()
-        if norm is None:
-            return None
-        return float(norm)
+        return float(norm) if norm is not None else own
 
     def loss_scale(self):
         opt = self.optimizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 T, S, NUM_CLASSES = 2, 4, 3
+SLEEP = float(os.environ.get("FAKE_ITEM_SLEEP", "0"))  # slows items down for kill tests
 
 
 class TinyLayered(nn.Module):
@@ -71,6 +73,8 @@ class TensorVideos(torch.utils.data.Dataset):
         return len(self.clips) * (self.views if self.mode == "test" else 1)
 
     def __getitem__(self, i):
+        if SLEEP:
+            time.sleep(SLEEP)
         if self.mode == "train":
             return self.clips[i] + 0.05 * torch.randn_like(self.clips[i]), self.labels[i], i, 0
         if self.mode == "val":

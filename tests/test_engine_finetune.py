@@ -199,3 +199,12 @@ def test_dry_run_builds_on_meta_and_exits(tmp_path):
     args, res = _run(FAST_FLAGS + ["--dry_run", "--output_dir", str(tmp_path)])
     assert res["dry_run"] and not os.path.exists(tmp_path / "checkpoint-latest.pth")
 
+
+
+def test_explicit_resume_wins_over_auto_resume(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    _run(FAST_FLAGS + ["--epochs", "2", "--save_ckpt_freq", "1", "--output_dir", out, "--no_test_at_end"])
+    _run(FAST_FLAGS + ["--epochs", "3", "--output_dir", out, "--no_test_at_end",
+                       "--resume", os.path.join(out, "checkpoint-0.pth")])
+    o = capsys.readouterr().out
+    assert "checkpoint-0.pth (explicit --resume)" in o and "start epoch 1" in o

@@ -18,6 +18,8 @@ def build_deepspeed_config(args) -> dict:
               "eps": args.opt_eps if args.opt_eps is not None else 1e-8}
     if opt == "adamw":
         params["adam_w_mode"] = True
+    if not str(getattr(args, "device", "cpu")).startswith("cuda"):
+        params["torch_adam"] = True  # CPU: torch's AdamW instead of compiling DeepSpeed's fused C++ Adam
     cfg = {
         "train_batch_size": micro * accum * world,
         "train_micro_batch_size_per_gpu": micro,
