@@ -60,7 +60,9 @@ def main(argv=None):
         sd = checkpoint_filter_fn(sd, model, orig_t_size=args.orig_t_size, log=None, report=report)
         for a in report["actions"]:
             print(f"  {a}")
-        load_pretrained(model, sd, orig_t_size=args.orig_t_size, log=lambda m: print("  verify: " + m))
+        heads = {k for k in model.state_dict() if k.startswith("head.")} if report["head_dropped"] else set()
+        load_pretrained(model, sd, orig_t_size=args.orig_t_size, expected_missing=heads,
+                        log=lambda m: print("  verify: " + m))
     tmp = args.output + ".tmp"
     torch.save({"model": sd}, tmp)
     os.replace(tmp, args.output)
