@@ -56,7 +56,6 @@ def bench_one(name, frames, args, device):
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_peak_mib() - rss0
-    del model, x
     return args.batch_size * args.iters / dt, mem
 
 

@@ -16,7 +16,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..ops.causal_conv1d import causal_conv1d_fn
 from ..ops.selective_scan import bi_selective_scan_fn

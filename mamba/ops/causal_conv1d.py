@@ -15,7 +15,6 @@ reverse case flips in and out there); otherwise pure PyTorch (``F.conv1d`` with 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_ref"]

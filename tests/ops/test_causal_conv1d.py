@@ -61,7 +61,7 @@ def test_gradients_float64():
     w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     for rev in (False, True):
-        torch.autograd.gradcheck(lambda x, w, b: causal_conv1d_fn(x, w, b, "silu", reverse=rev), (x, w, b))
+        torch.autograd.gradcheck(lambda x, w, b, rev=rev: causal_conv1d_fn(x, w, b, "silu", reverse=rev), (x, w, b))
 
 
 def test_bfloat16_close_to_fp32():
