@@ -39,6 +39,8 @@ def default_data_args(**overrides) -> argparse.Namespace:
 
 
 def _get(args, name):
+    if name == "data_root" and not getattr(args, "data_root", None) and getattr(args, "prefix", None):
+        return args.prefix  # --prefix, VideoMAE's name for --data_root
     v = getattr(args, name, DATA_ARG_DEFAULTS[name])
     return DATA_ARG_DEFAULTS[name] if v is None and name in ("data_root", "split") else v
 

@@ -75,5 +75,9 @@ def test_build_dataset_checks_class_count_and_defaults(tmp_path, capsys):
         build_dataset(True, False, default_data_args(data_set="video", nb_classes=100, data_path=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="val.csv"):
         build_dataset(False, False, default_data_args(data_set="video", data_path=str(tmp_path)))
+    args = default_data_args(data_set="SSV2", data_path=str(tmp_path))
+    args.prefix = "/videos"  # VideoMAE's --prefix works like --data_root
+    ds, _ = build_dataset(True, False, args)
+    assert ds.samples[0].path == "/videos/a.mp4"
     with pytest.raises(ValueError, match="unknown --data_set"):
         build_dataset(True, False, default_data_args(data_set="K400", data_path=str(tmp_path)))
