@@ -15,7 +15,6 @@ DeepSpeedBackend: deepspeed.initialize with the generated config; its own accumu
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import torch
@@ -140,9 +139,7 @@ class DeepSpeedBackend:
         from utils.deepspeed_config import write_deepspeed_config
 
         self.args = args
-        path = write_deepspeed_config(args)
-        with open(path) as f:
-            cfg = json.load(f)
+        _, cfg = write_deepspeed_config(args)
         groups = [{k: v for k, v in g.items() if k != "param_names"} for g in param_groups]
         self.model, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=cfg)
         self.model_without_ddp = self.model.module
@@ -171,6 +168,8 @@ class DeepSpeedBackend:
         return float(norm) if norm is not None else own
 
     def loss_scale(self):
+        if self.dtype != torch.float16:
+            return None
         opt = self.optimizer
         return getattr(opt, "cur_scale", None) or getattr(opt, "loss_scale", None)
 

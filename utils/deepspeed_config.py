@@ -41,13 +41,16 @@ def build_deepspeed_config(args) -> dict:
     return cfg
 
 
-def write_deepspeed_config(args) -> str:
+def write_deepspeed_config(args) -> tuple[str, dict]:
+    """Build the config (every rank, identically) and write it to output_dir/deepspeed_config.json on rank 0.
+    Returns (path, config); pass the dict to deepspeed.initialize so no rank waits for the file."""
     cfg = build_deepspeed_config(args)
-    path = os.path.join(args.output_dir, "deepspeed_config.json")
-    os.makedirs(args.output_dir, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
+    out = args.output_dir or "."
+    path = os.path.join(out, "deepspeed_config.json")
+    if int(getattr(args, "rank", os.environ.get("RANK", "0"))) == 0:
+        os.makedirs(out, exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump(cfg, f, indent=2)
         os.replace(path + ".tmp", path)
     args.deepspeed_config = path
-    return path
+    return path, cfg
