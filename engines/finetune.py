@@ -42,6 +42,10 @@ def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> lis
     return [int(hit[:, : min(k, maxk)].any(1).sum().item()) for k in topk]
 
 
+def _logits(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def _to_list(x):
     if isinstance(x, torch.Tensor):
         return x.tolist()
@@ -90,7 +94,12 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
             samples, targets = mixup_fn(samples, targets)
         with backend.autocast():
             output = model(backend.prepare_input(samples))
+            aux = None
+            if isinstance(output, (tuple, list)):  # (logits, auxiliary loss), e.g. the distillation wrapper
+                output, aux = output
             loss = criterion(output.float(), targets)
+            if aux is not None:
+                loss = loss + aux.float()
         loss_value = float(loss.item())
         # one all-reduce per step: any rank non-finite stops all ranks; replaced-sample counts summed.
         flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(n_rep)],
@@ -152,7 +161,7 @@ def evaluate(data_loader, model, device, autocast=None, header: str = "Val:", pr
         images, target = images[ok], target[ok]
         with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
             output = model(images)
-        output = output.float()
+        output = _logits(output).float()
         c1, c5 = correct_topk(output, target, topk=(1, 5))
         n = target.shape[0]
         totals[0] += n
@@ -190,7 +199,7 @@ def final_test(data_loader, model, device, file: str, autocast=None, print_freq:
             if ok.any():
                 with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
                     out = model(images[ok].to(device, non_blocking=True))
-                out = out.float().cpu()
+                out = _logits(out).float().cpu()
             j = 0
             for i in range(len(ids)):
                 if bool(ok[i]):

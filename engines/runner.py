@@ -44,6 +44,7 @@ class Wiring:
     load_pretrained: Callable | None = None  # models.checkpoint.load_pretrained
     collate_multi: Callable | None = None  # datasets.multiple_samples_collate
     build_criterion: Callable | None = None  # (args, mixup_fn, model) -> criterion (optional override)
+    train_sampler: Callable | None = None  # (dataset, args, world, rank) -> sampler with set_epoch
     has_test: bool = True  # video fine-tuning has a multi-view test split; ImageNet does not
     model_cfg: Callable | None = None  # (args) -> dict of create_model kwargs (stored in checkpoints)
 
@@ -131,8 +132,11 @@ def build_loaders(args, wiring: Wiring, log=print):
     ds_train = None
     if not args.eval:
         ds_train, nb_classes = wiring.build_dataset(True, False, args)
-        sampler = DistributedSampler(ds_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
-                                     drop_last=True)
+        if wiring.train_sampler is not None:
+            sampler = wiring.train_sampler(ds_train, args, world, rank)
+        else:
+            sampler = DistributedSampler(ds_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                         drop_last=True)
         collate = wiring.collate_multi if (args.num_sample > 1 and wiring.collate_multi is not None) else None
         gen = torch.Generator()
         gen.manual_seed(args.seed)

@@ -12,14 +12,12 @@ import torch.nn as nn
 
 NO_WD_NAMES = ("pos_embed", "cls_token", "temporal_pos_embedding")
 _EMBED_PREFIXES = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed", "dist_token", "mask_token")
+_EMBED_RE = re.compile(r"(?:^|\.)(?:" + "|".join(_EMBED_PREFIXES) + r")(?:\.|$)")
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")
 
 
 def get_layer_id(name: str, num_layers: int) -> int:
-    for prefix in ("module.", "_orig_mod."):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    if name.split(".")[0] in _EMBED_PREFIXES or name.startswith(_EMBED_PREFIXES):
+    if _EMBED_RE.search(name):
         return 0
     m = _LAYER_RE.search(name)
     if m:

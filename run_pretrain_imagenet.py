@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""ImageNet-1K supervised pre-training of the image models (videomambapro_*_image / videomamba_*_image).
+
+    torchrun --nproc_per_node=8 run_pretrain_imagenet.py --model videomambapro_tiny_image --data_path IMNET ...
+
+Same flags, checkpoints and logs as run_class_finetuning.py, with DeiT defaults, repeated augmentation
+(--repeated_aug --num_repeats 3) and optional self-distillation (--teacher_model/--teacher_ckpt/--distill_weight).
+Evaluation is single-view on the val split.
+"""
+from __future__ import annotations
+
+import argparse
+
+import run_class_finetuning as ft
+from utils.config import parse_with_config
+
+
+def get_args_parser():
+    p = ft.get_args_parser("VideoMambaPro ImageNet-1K pre-training", data_set_default="IMNET")
+    g = p.add_argument_group("pre-training")
+    g.add_argument("--repeated_aug", action="store_true", help="timm RepeatAugSampler")
+    g.add_argument("--no_repeated_aug", action="store_false", dest="repeated_aug")
+    g.add_argument("--num_repeats", type=int, default=3)
+    g.add_argument("--teacher_model", default=None, type=str, help="frozen teacher for self-distillation")
+    g.add_argument("--teacher_ckpt", default=None, type=str)
+    g.add_argument("--distill_weight", default=1.0, type=float)
+    p.set_defaults(model="videomambapro_tiny_image", nb_classes=1000, epochs=300, lr=5e-4, warmup_epochs=5,
+                   weight_decay=0.05, aa="rand-m9-mstd0.5-inc1", num_frames=1, short_side_size=224,
+                   repeated_aug=True, model_ema=True, model_ema_decay=0.99996, drop_path=0.1, test_at_end=False,
+                   dist_eval=True)
+    return p
+
+
+def build_model(args, meta: bool = False):
+    if not args.model.endswith("_image"):
+        raise SystemExit(f"error: --model {args.model}: pre-training expects an image model (*_image)")
+    student = ft.build_model(args, meta=meta)
+    if not args.teacher_model:
+        if args.teacher_ckpt:
+            raise SystemExit("error: --teacher_ckpt given without --teacher_model")
+        return student
+    from models.distill import build_distill_wrapper
+
+    targs = argparse.Namespace(**vars(args))
+    targs.model, targs.drop_path = args.teacher_model, 0.0
+    teacher = ft.build_model(targs, meta=meta)
+    if not args.teacher_ckpt and not meta:
+        print("warning: --teacher_model without --teacher_ckpt distils from random weights")
+    return build_distill_wrapper(student, teacher, loss_weight=args.distill_weight,
+                                 teacher_checkpoint=None if meta else args.teacher_ckpt,
+                                 trust_checkpoint=args.trust_checkpoint)
+
+
+def wiring():
+    from engines.pretrain import repeat_aug_sampler
+
+    w = ft.wiring()
+    w.build_model = build_model
+    w.train_sampler = repeat_aug_sampler
+    w.has_test = False
+    return w
+
+
+def main(argv=None):
+    args = parse_with_config(get_args_parser(), argv)
+    if args.data_set != "IMNET":
+        raise SystemExit(f"error: run_pretrain_imagenet.py trains on --data_set IMNET, not {args.data_set}")
+    from engines.pretrain import describe_distillation
+    from engines.runner import run
+
+    print(describe_distillation(args))
+    return run(args, wiring())
+
+
+if __name__ == "__main__":
+    main()
