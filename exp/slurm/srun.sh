@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# SLURM wrapper: run any recipe of exp/ with srun, one task per GPU (no torchrun inside).
+#   PARTITION=video GPUS=16 GPUS_PER_NODE=8 bash exp/slurm/srun.sh exp/k400/videomambapro_small_f16_res224.sh [extra flags]
+# Each task runs `python ENTRY ...` (LAUNCHER=python); the training code reads SLURM_PROCID / SLURM_NTASKS /
+# SLURM_LOCALID, and MASTER_ADDR from the environment or `scontrol show hostnames` (utils/distributed.py).
+set -euo pipefail
+RECIPE="${1:?usage: srun.sh exp/<dataset>/<recipe>.sh [extra flags]}"
+shift
+PARTITION="${PARTITION:-video}"
+GPUS="${GPUS:-8}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
+CPUS_PER_TASK="${CPUS_PER_TASK:-16}"
+JOB_NAME="${JOB_NAME:-$(basename "$RECIPE" .sh)}"
+export MASTER_PORT="${MASTER_PORT:-$((12000 + RANDOM % 20000))}"
+
+srun --partition="$PARTITION" \
+    --job-name="$JOB_NAME" \
+    --gres=gpu:"$GPUS_PER_NODE" \
+    --ntasks="$GPUS" \
+    --ntasks-per-node="$GPUS_PER_NODE" \
+    --cpus-per-task="$CPUS_PER_TASK" \
+    --kill-on-bad-exit=1 \
+    env LAUNCHER=python bash "$RECIPE" "$@"

@@ -1,0 +1,108 @@
+"""Every exp/ recipe runs with DRY_RUN=1: the script's python command line is captured by a shim,
+then parsed by the entry point's own parser and dry-run in-process (model built on the meta device,
+optimizer built, no training). So a flag a recipe passes that the parser does not accept fails here."""
+import glob
+import os
+import stat
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "exp", "*", "*.sh"))
+                 if os.sep + "demo" + os.sep not in p and os.sep + "slurm" + os.sep not in p)
+
+
+def _shim(tmp_path):
+    shim = tmp_path / "python_shim"
+    shim.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGV_OUT"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    return str(shim)
+
+
+def _capture(cmd, tmp_path, **env):
+    out = tmp_path / "argv"
+    e = dict(os.environ, DRY_RUN="1", PYTHON=_shim(tmp_path), ARGV_OUT=str(out), OUTPUT_DIR=str(tmp_path / "out"),
+             **env)
+    res = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return out.read_bytes().decode().split("\0")[:-1]
+
+
+def _dry_run(argv):
+    entry, flags = os.path.basename(argv[0]), argv[1:]
+    if entry == "run_class_finetuning.py":
+        import run_class_finetuning as mod
+    elif entry == "run_pretrain_imagenet.py":
+        import run_pretrain_imagenet as mod
+    else:
+        raise AssertionError(f"unexpected entry point {entry}")
+    from engines.runner import run
+    from utils.config import parse_with_config
+
+    args = parse_with_config(mod.get_args_parser(), flags)
+    assert args.dry_run
+    res = run(args, mod.wiring())
+    assert res["dry_run"] and res["n_parameters"] > 0
+    return args
+
+
+def test_recipes_exist_for_every_dataset():
+    names = {os.path.relpath(p, os.path.join(ROOT, "exp")) for p in RECIPES}
+    for size in ("tiny", "small", "middle"):
+        for f in (8, 16, 32, 64):
+            assert f"k400/videomambapro_{size}_f{f}_res224.sh" in names
+        assert f"k400/videomambapro_{size}_f64_res384.sh" in names
+        for r in ("f8_res224", "f16_res224", "f16_res288"):
+            assert f"ssv2/videomambapro_{size}_{r}.sh" in names
+        assert f"ucf101/videomambapro_{size}_f16_res224.sh" in names
+        assert f"hmdb51/videomambapro_{size}_f16_res224.sh" in names
+        assert f"imagenet/videomambapro_{size}_res224.sh" in names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.relpath(p, ROOT) for p in RECIPES])
+def test_recipe_dry_run(recipe, tmp_path):
+    argv = _capture(["bash", recipe, "--epochs", "1"], tmp_path)
+    args = _dry_run(argv)
+    rel = os.path.relpath(recipe, ROOT)
+    assert args.epochs == 1  # extra flags are appended and win
+    assert args.output_dir == str(tmp_path / "out")
+    expected_classes = {"k400": 400, "ssv2": 174, "ucf101": 101, "hmdb51": 51, "imagenet": 1000}[rel.split(os.sep)[1]]
+    assert args.nb_classes == expected_classes
+    if "_f" in rel:
+        frames = int(rel.split("_f")[1].split("_")[0])
+        assert args.num_frames == frames
+        assert args.input_size == int(rel.split("_res")[1].split(".")[0])
+
+
+def test_torchrun_is_the_default_launcher(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "torchrun").write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGV_OUT"\n')
+    (fake / "torchrun").chmod(0o755)
+    out = tmp_path / "argv"
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ARGV_OUT=str(out), GPUS="4", NNODES="2",
+               NODE_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="29999", OUTPUT_DIR=str(tmp_path / "o"))
+    env.pop("DRY_RUN", None)
+    subprocess.run(["bash", os.path.join(ROOT, "exp/k400/videomambapro_tiny_f8_res224.sh")], env=env, check=True)
+    argv = out.read_bytes().decode().split("\0")[:-1]
+    assert argv[:5] == ["--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
+                        "--master_port=29999"]
+    assert argv[5].endswith("run_class_finetuning.py")
+
+
+def test_slurm_wrapper_runs_recipe_per_task(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # fake srun: record its options, then run the command after them (like one task would)
+    (fake / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == -* ]]; do echo "$1" >> "$SRUN_LOG"; shift; done\n'
+                               'exec "$@"\n')
+    (fake / "srun").chmod(0o755)
+    log = tmp_path / "srun.log"
+    argv = _capture(["bash", os.path.join(ROOT, "exp/slurm/srun.sh"),
+                     os.path.join(ROOT, "exp/ssv2/videomambapro_small_f16_res224.sh"), "--epochs", "2"], tmp_path,
+                    PATH=f"{fake}:{os.environ['PATH']}", SRUN_LOG=str(log), GPUS="16", GPUS_PER_NODE="8")
+    opts = log.read_text().split()
+    assert "--ntasks=16" in opts and "--ntasks-per-node=8" in opts and "--kill-on-bad-exit=1" in opts
+    args = _dry_run(argv)
+    assert args.data_set == "SSV2" and args.epochs == 2
