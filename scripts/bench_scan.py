@@ -37,7 +37,6 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-
 # ------------------------------------------------------------------ the original algorithm (baseline)
 
 

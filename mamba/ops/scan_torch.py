@@ -59,6 +59,16 @@ class ChunkedScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, dt, A, B, C, h0, reverse, chunk):
+        with torch.autocast(u.device.type, enabled=False):  # keep the contractions in the compute dtype
+            return ChunkedScanFn._forward(ctx, u, dt, A, B, C, h0, reverse, chunk)
+
+    @staticmethod
+    def backward(ctx, dy, _dlast):
+        with torch.autocast(dy.device.type, enabled=False):
+            return ChunkedScanFn._backward(ctx, dy)
+
+    @staticmethod
+    def _forward(ctx, u, dt, A, B, C, h0, reverse, chunk):
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         k = d // g
@@ -93,7 +103,7 @@ class ChunkedScanFn(torch.autograd.Function):
         return _from_time_major(y_t, reverse), last
 
     @staticmethod
-    def backward(ctx, dy, _dlast):
+    def _backward(ctx, dy):
         u_t, dt_t, A, B_t, C_t, bounds = ctx.saved_tensors
         reverse, chunk = ctx.reverse, ctx.chunk
         l, b, d = u_t.shape

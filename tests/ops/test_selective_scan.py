@@ -395,3 +395,15 @@ def test_cuda_backend_refuses_cpu_tensors(clean_backend, fake_selective_scan_cud
     with pytest.raises(RuntimeError, match="CUDA tensors only"):
         selective_scan_fn(*(x[k] for k in NAMES), True)
     assert scan_cuda.load_selective_scan_cuda().__name__ == "selective_scan_cuda"
+
+
+def test_torch_exact_under_autocast():
+    """Under bf16 autocast the scan's contractions must stay in float32."""
+    x = make_inputs(l=30, g=2, seed=6)
+    out, _, grads = run(selective_scan_torch, x, residual=True, masked=True, chunk_size=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        aout, _, agrads = run(selective_scan_torch, x, residual=True, masked=True, chunk_size=8)
+    assert aout.dtype == torch.float32
+    assert_close(aout, out, 1e-5, "autocast out")
+    for k in grads:
+        assert_close(agrads[k], grads[k], 1e-5, "autocast grad " + k)
