@@ -175,12 +175,18 @@ def build_model(args, meta: bool = False):
     try:
         if meta:
             with torch.device("meta"):
-                return timm.create_model(args.model, pretrained=False, **kw)
-        return timm.create_model(args.model, pretrained=False, **kw)
+                model = timm.create_model(args.model, pretrained=False, **kw)
+        else:
+            model = timm.create_model(args.model, pretrained=False, **kw)
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise SystemExit(f"error: --model {args.model}: {e}") from e
         raise
+    options = getattr(model, "options", None)
+    if isinstance(options, dict):  # the resolved VideoMambaPro options, stored in checkpoints as model_cfg
+        args._model_cfg.update(options)
+        print(f"model options: {options}")
+    return model
 
 
 def wiring():

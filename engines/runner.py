@@ -127,6 +127,8 @@ def apply_arch_args(args, ckpt_args: dict, path: str, log=print) -> None:
 
 def build_loaders(args, wiring: Wiring, log=print):
     world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
+    if args.pin_mem and not torch.cuda.is_available():
+        args.pin_mem = False  # nothing to pin to without a GPU (torch would warn on every loader)
     loaders = {}
     nb_classes = None
     ds_train = None

@@ -208,3 +208,10 @@ def test_explicit_resume_wins_over_auto_resume(tmp_path, capsys):
                        "--resume", os.path.join(out, "checkpoint-0.pth")])
     o = capsys.readouterr().out
     assert "checkpoint-0.pth (explicit --resume)" in o and "start epoch 1" in o
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path, capsys):
+    out = str(tmp_path / "bf16")
+    _run(FAST_FLAGS + ["--epochs", "1", "--bf16", "--output_dir", out, "--no_test_at_end"])
+    assert "precision: bf16" in capsys.readouterr().out
+    assert _log_lines(out)[0]["train_loss"] > 0
