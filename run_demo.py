@@ -29,7 +29,7 @@ DEMO_FLAGS = {
     "--data_set": "video", "--nb_classes": "4",
     "--num_frames": "8", "--tubelet_size": "2", "--input_size": "64", "--short_side_size": "64",
     "--test_num_segment": "2", "--test_num_crop": "1",
-    "--batch_size": "8", "--lr": "3.2e-2", "--min_lr": "1e-4", "--warmup_epochs": "1", "--weight_decay": "0.05",
+    "--batch_size": "16", "--lr": "1.6e-2", "--min_lr": "1e-4", "--warmup_epochs": "1", "--weight_decay": "0.05",
     "--drop_path": "0", "--mixup": "0", "--cutmix": "0", "--smoothing": "0", "--reprob": "0", "--aa": "none",
     "--device": "cpu", "--num_workers": "1", "--print_freq": "10",
 }

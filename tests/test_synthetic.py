@@ -24,7 +24,7 @@ def test_square_moves_in_the_label_direction(label):
     for seed in range(6):
         clip = make_clip(label, np.random.default_rng(seed), frames=8, size=40)
         masks = [_square_mask(f) for f in clip]
-        assert masks[0].sum() == (40 // 5) ** 2
+        assert masks[0].sum() == (40 // 4) ** 2  # side = size // 4
         moves = [d for d in SHIFT[label]
                  if all(np.array_equal(np.roll(masks[t], (d[0] * speed, d[1] * speed), axis=(0, 1)), masks[t + 1])
                         for t in range(7))]
