@@ -1,0 +1,93 @@
+"""scripts/bench_gpu.py: the ratio tables compute what they claim, and the CPU plumbing run (Triton
+interpreter, tiny shapes) measures every backend and variant without skipping."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "scripts", "bench_gpu.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _scan(backend, variant, ms, gbps=(100.0, 50.0), size="Ti", T=8):
+    return dict(level="scan", size=size, frames=T, backend=backend, variant=variant, fwd_bwd_ms=ms,
+                fwd_ms=ms / 3, fwd_GBps=gbps[0], bwd_GBps=gbps[1])
+
+
+def _model(backend, variant, ms, mib, T, size="Ti"):
+    return dict(level="model", size=size, frames=T, backend=backend, variant=variant, step_ms=ms,
+                clips_per_s=4000.0 / ms, peak_MiB=mib)
+
+
+def _row(table, size, T, backend):
+    for line in table.splitlines():
+        f = line.split()
+        if len(f) > 3 and f[0] == size and f[1] == str(T) and f[2] == backend:
+            return f
+    raise AssertionError(f"no row {size} {T} {backend} in\n{table}")
+
+
+def test_scan_table_ratios(bench):
+    rows = [_scan("torch", "videomambapro", 40.0), _scan("torch", "videomamba", 38.0),
+            _scan("triton", "videomambapro", 4.0, gbps=(1000.0, 500.0)), _scan("triton", "videomamba", 3.9),
+            _scan("mamba_ssm_x2", "videomamba", 5.0),
+            dict(level="scan", size="Ti", frames=8, backend="cuda", skipped="not installed")]
+    table = bench.summarize(rows, peak_GBps=2000.0)
+    tri = _row(table, "Ti", 8, "triton")
+    # pro ms, plain ms, pro/plain, pro / two mamba-ssm calls, torch/pro, fwd and bwd bandwidth fractions
+    assert tri[3:] == ["4.00", "3.90", "1.03", "0.80", "10.00", "0.50", "0.25"]
+    tor = _row(table, "Ti", 8, "torch")
+    assert tor[5:8] == ["1.05", "8.00", "1.00"]
+    assert "cuda" not in table and "mamba_ssm_x2" not in table.split("\n", 2)[2]
+
+
+def test_model_table_ratios_and_memory_growth(bench):
+    rows = [_model("torch", "videomambapro", 105.0, 1000.0, 8), _model("torch", "videomamba", 100.0, 990.0, 8),
+            _model("torch", "videomambapro", 800.0, 8400.0, 64), _model("torch", "videomamba", 790.0, 8300.0, 64)]
+    table = bench.summarize(rows)
+    r8, r64 = _row(table, "Ti", 8, "torch"), _row(table, "Ti", 64, "torch")
+    assert r8[5] == "1.05" and r8[8] == "1.00"  # pro/plain step time; memory vs the 8-frame run
+    assert r64[6:] == ["8400", "8300", "8.40"]
+    assert float(r64[3]) == pytest.approx(4000 / 800, abs=0.01)
+
+
+def test_scan_floor_bytes(bench):
+    fwd, bwd = bench.scan_bytes(b=1, E=4, N=2, l=10, elem=2)
+    per_dir = 2 * 4 * 10 + 2 * 2 * 10  # u, delta, B, C
+    assert fwd == 2 * (2 * per_dir + 2 * 4 * 10)  # + z in, out
+    assert bwd == 2 * (2 * per_dir + 2 * 4 * 10) + 2 * (2 * per_dir + 4 * 10)  # + z, dout | grads + dz
+
+
+def _run(tmp_path, name, *flags):
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_gpu.py"), "--allow-cpu", "--dtype",
+                        "fp32", "--json", str(out), *flags], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout, json.load(open(out))
+
+
+def test_cpu_plumbing_run(tmp_path):
+    """Scan level on both backends (the Triton interpreter takes ~10 s per call, so the model level, two
+    blocks per step, runs on the torch backend only here)."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    stdout, rows = _run(tmp_path, "scan", "--backends", "torch", "triton", "--no-model")
+    measured = {(x["level"], x["backend"], x["variant"]) for x in rows if "skipped" not in x}
+    assert measured == {("scan", b, v) for b in ("torch", "triton") for v in ("videomambapro", "videomamba")}, rows
+    assert all(x["fwd_bwd_ms"] > 0 and x["fwd_GBps"] > 0 for x in rows)
+    assert "pro/plain" in stdout
+    stdout, rows = _run(tmp_path, "model", "--backends", "torch", "--no-scan")
+    assert {(x["level"], x["variant"]) for x in rows if "skipped" not in x} == {
+        ("model", "videomambapro"), ("model", "videomamba")}, rows
+    assert all(x["clips_per_s"] > 0 for x in rows) and "pro/plain t" in stdout
