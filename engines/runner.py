@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
 import random
 import sys
@@ -21,8 +20,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from utils import distributed as dist_utils
-from utils.checkpoint_io import (CheckpointError, find_deepspeed_tag, find_resume_checkpoint, load_checkpoint,
-                                 rng_state, set_rng_state, to_plain)
+from utils.checkpoint_io import (
+    find_deepspeed_tag,
+    find_resume_checkpoint,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    to_plain,
+)
 from utils.config import dump_args_yaml
 from utils.logger import TensorboardLogger, append_json_log, update_summary
 from utils.optim import create_optimizer, param_groups_layer_decay
@@ -289,7 +294,7 @@ def run(args, wiring: Wiring) -> dict:
         if log_writer is not None:
             log_writer.set_step(epoch * steps_per_epoch)
 
-        def on_nonfinite(ep, step):
+        def on_nonfinite(ep, step, best=best, bad_total=bad_total):  # this epoch's values
             backend.save(args.output_dir, ep, _client_state(args, model_ema, best, bad_total),
                          ["checkpoint-nonfinite.pth"], tag=False) if args.output_dir else None
             if dist_utils.is_main_process() and args.output_dir:

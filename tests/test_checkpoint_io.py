@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint_io import (CheckpointError, atomic_save, find_resume_checkpoint, is_complete_checkpoint,
-                                 load_checkpoint, rng_state, set_rng_state, to_plain)
+from utils.checkpoint_io import (
+    CheckpointError,
+    atomic_save,
+    find_resume_checkpoint,
+    is_complete_checkpoint,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    to_plain,
+)
 
 
 def _ckpt(epoch):

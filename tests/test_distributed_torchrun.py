@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from tests.test_engine_common import FAST_FLAGS, ROOT
