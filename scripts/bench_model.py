@@ -5,13 +5,16 @@ next to VideoMamba, in one table.
     python scripts/bench_model.py --device cuda --size tiny --frames 8 16 32 64 --img_size 224 --batch_size 8
     python scripts/bench_model.py                      # CPU default: the 'test' size, 32 px, small batch
 
-Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the growth of the process's
-peak resident set (a coarse high-water mark: a configuration that needs less than an earlier one
-shows 0). The scan backend is the one ``VMP_SCAN_BACKEND`` / ``--scan_backend`` selects.
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the peak resident set above the
+RSS before each configuration (Linux VmHWM, reset through /proc/self/clear_refs), measured with glibc's mmap
+threshold fixed (``MALLOC_MMAP_THRESHOLD_=65536``, so freed tensors leave the RSS) in a subprocess per
+configuration; the times come from this process, with the default allocator (a fixed threshold makes every
+large allocation a page-faulting mmap). The scan backend is the one ``VMP_SCAN_BACKEND`` / ``--scan_backend`` selects.
 """
 import argparse
+import gc
 import os
-import resource
+import subprocess
 import sys
 import time
 
@@ -20,8 +23,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 
-def _rss_peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _cpu_peak_start():
+    """Reset the RSS high-water mark to the current RSS (Linux /proc/self/clear_refs); return the RSS."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mib("VmRSS")
 
 
 def bench_one(name, frames, args, device):
@@ -44,7 +59,7 @@ def bench_one(name, frames, args, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss0 = _rss_peak_mib()
+    rss0 = _cpu_peak_start() if device.type == "cpu" else 0.0
     for _ in range(args.warmup):
         step()
     if device.type == "cuda":
@@ -55,8 +70,18 @@ def bench_one(name, frames, args, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_peak_mib() - rss0
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _status_mib("VmHWM") - rss0
     return args.batch_size * args.iters / dt, mem
+
+
+def _cpu_memory(name, frames, argv):
+    """Peak RSS growth (MiB) of one configuration, measured in a fresh process with a fixed mmap threshold."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", "cpu", "--mem_worker", name, str(frames)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"))
+    if p.returncode != 0:
+        raise RuntimeError(f"memory worker failed for {name} at {frames} frames:\n{p.stderr[-2000:]}")
+    return float(p.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
@@ -71,6 +96,7 @@ def main(argv=None):
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing of all blocks")
     p.add_argument("--scan_backend", default=None, help="auto|reference|torch|cuda|triton")
+    p.add_argument("--mem_worker", nargs=2, metavar=("MODEL", "FRAMES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
@@ -83,6 +109,9 @@ def main(argv=None):
 
     if args.scan_backend:
         set_scan_backend(args.scan_backend)
+    if args.mem_worker:  # one CPU memory measurement (see the module docstring), printed as the last line
+        print(bench_one(args.mem_worker[0], int(args.mem_worker[1]), args, device)[1])
+        return
     print(f"device {device}, size {args.size}, img {args.img_size}, batch {args.batch_size}, "
           f"scan backend {resolve_backend(device.type)}, bf16 {args.bf16}, threads {torch.get_num_threads()}")
     mem_name = "peak MiB" if not cpu else "peak RSS +MiB"
@@ -94,6 +123,8 @@ def main(argv=None):
         for arch in ("videomambapro", "videomamba"):
             try:
                 row[arch] = bench_one(f"{arch}_{args.size}", f, args, device)
+                if cpu:
+                    row[arch] = (row[arch][0], _cpu_memory(f"{arch}_{args.size}", f, argv))
             except torch.cuda.OutOfMemoryError:
                 row[arch] = (float("nan"), float("nan"))
                 torch.cuda.empty_cache()

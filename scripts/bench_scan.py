@@ -13,8 +13,10 @@ peak memory, for the plain scan and for the VideoMambaPro scan (masked + residua
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the inputs; on the CPU each measurement
 runs in a fresh subprocess and the peak resident set size (Linux ``VmHWM``, reset to the current RSS
 through ``/proc/self/clear_refs``) is reported above the RSS after the inputs were created and a
-warm-up call was made on a tiny shape (so imports and thread pools are not counted). tracemalloc does
-not see torch's allocations, hence RSS.
+warm-up call was made on a tiny shape (so imports and thread pools are not counted), with glibc's mmap
+threshold fixed (``MALLOC_MMAP_THRESHOLD_``, see ``cpu_malloc_env``) so that freed tensors leave the RSS;
+times come from a second subprocess with the default allocator.
+tracemalloc does not see torch's allocations, hence RSS.
 
     python scripts/bench_scan.py                      # CPU defaults: d=384 at l=1569,3137,12545; d=1152 at l=1569
     python scripts/bench_scan.py --device cuda --repeats 10
@@ -170,14 +172,31 @@ def measure(backend, variant, b, d, n, l, device, repeats):
     return res
 
 
-def run_job(job, isolate):
-    if not isolate:
-        return measure(**job)
+def cpu_malloc_env():
+    """The environment of a CPU memory measurement: a fixed glibc mmap threshold, so that every tensor above
+    64 KiB is its own mapping, returned to the OS when freed. Without it glibc raises the threshold as large
+    blocks are freed and keeps them in its heap, and the RSS high-water mark depends on the history of frees
+    (repeat runs of one row differed by up to 1.9x). It also makes every large allocation a page-faulting
+    mmap, which slows the scan, so times are taken in a second process with the default allocator."""
+    return dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+
+
+def _worker(job, env):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"benchmark worker failed for {job}:\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_job(job, isolate):
+    if not isolate:
+        return measure(**job)
+    res = _worker(job, cpu_malloc_env())  # memory
+    if job["backend"] != "original":  # (the original's single call is minutes long: one process does both)
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+        res.update({k: v for k, v in _worker(job, env).items() if k.startswith("t_")})  # times
+    return res
 
 
 # ------------------------------------------------------------------ driver
