@@ -19,8 +19,9 @@ The VideoMambaPro options (METHOD.md section 2) are folded in exactly:
 
 * residual start: the initial state ``h_{-1} = u_0`` (broadcast over n) is an input of the Function,
   whose backward returns its gradient (so ``u_0`` receives the extra gradient through autograd);
-* mask: ``y -= Delta * u * sum_n(B * C)`` (and the ``D u`` term is dropped when ``mask_drops_D``),
-  an ``O(b d l)`` elementwise term left to autograd.
+* mask: ``y -= Delta * u * sum_n(B * C)``, fused into the Function's chunk loop with its gradient written
+  out in the backward (no extra autograd nodes or saved tensors); the ``D u`` term (added outside, dropped
+  when ``mask_drops_D``) is left to autograd.
 
 The bidirectional version scans the backward direction natively in reverse: the time-major working
 copy that the kernel makes anyway is made in reversed order, so no flipped copies are needed.
@@ -58,9 +59,9 @@ class ChunkedScanFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, h0, reverse, chunk):
+    def forward(ctx, u, dt, A, B, C, h0, reverse, chunk, masked=False):
         with torch.autocast(u.device.type, enabled=False):  # keep the contractions in the compute dtype
-            return ChunkedScanFn._forward(ctx, u, dt, A, B, C, h0, reverse, chunk)
+            return ChunkedScanFn._forward(ctx, u, dt, A, B, C, h0, reverse, chunk, masked)
 
     @staticmethod
     def backward(ctx, dy, _dlast):
@@ -68,7 +69,7 @@ class ChunkedScanFn(torch.autograd.Function):
             return ChunkedScanFn._backward(ctx, dy)
 
     @staticmethod
-    def _forward(ctx, u, dt, A, B, C, h0, reverse, chunk):
+    def _forward(ctx, u, dt, A, B, C, h0, reverse, chunk, masked):
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         k = d // g
@@ -95,17 +96,21 @@ class ChunkedScanFn(torch.autograd.Function):
             H = _chunk_states(buf, dA, bounds[ci], u_t[s:e], dt_t[s:e], A, B_t[s:e], g, k, n)
             # y_t = sum_n h_t C_t, as one batched contraction over the chunk
             y_t[s:e] = torch.einsum("lbgkn,lbgn->lbgk", H.view(L, b, g, k, n), C_t[s:e]).reshape(L, b, d)
+            if masked:  # minus the diagonal (self) term Delta_t u_t (B_t . C_t)
+                bc = (B_t[s:e] * C_t[s:e]).sum(-1)  # (L, b, g)
+                dtu = (dt_t[s:e] * u_t[s:e]).view(L, b, g, k)
+                y_t[s:e].view(L, b, g, k).sub_(dtu * bc[..., None])
             h = H[L - 1]
         last = h.clone()
         ctx.save_for_backward(u_t, dt_t, A, B_t, C_t, bounds)
-        ctx.reverse, ctx.chunk, ctx.has_h0 = reverse, chunk, h0 is not None
+        ctx.reverse, ctx.chunk, ctx.has_h0, ctx.masked = reverse, chunk, h0 is not None, masked
         ctx.mark_non_differentiable(last)
         return _from_time_major(y_t, reverse), last
 
     @staticmethod
     def _backward(ctx, dy):
         u_t, dt_t, A, B_t, C_t, bounds = ctx.saved_tensors
-        reverse, chunk = ctx.reverse, ctx.chunk
+        reverse, chunk, masked = ctx.reverse, ctx.chunk, ctx.masked
         l, b, d = u_t.shape
         g, n = B_t.shape[2], B_t.shape[3]
         k = d // g
@@ -142,6 +147,12 @@ class ChunkedScanFn(torch.autograd.Function):
             sGB = torch.einsum("lbgkn,lbgn->lbgk", Gg, Bc).reshape(L, b, d)  # sum_n dh_t B_t
             dtu = dtc * uc
             dB_t[s:e] = torch.einsum("lbgkn,lbgk->lbgn", Gg, dtu.view(L, b, g, k))
+            if masked:  # y_t -= dtu_t (B_t . C_t): through dtu (folded into sGB) and through B_t . C_t
+                dy4 = dyc.view(L, b, g, k)
+                sGB.view(L, b, g, k).sub_(dy4 * (Bc * Cc).sum(-1)[..., None])
+                dbc = (dtu.view(L, b, g, k) * dy4).sum(-1, keepdim=True)  # (L, b, g, 1): minus d/d(B.C)
+                dB_t[s:e].sub_(dbc * Cc)
+                dC_t[s:e].sub_(dbc * Bc)
             # through exp(dt A): dL/d(dA_t) = dh_t * h_{t-1}
             P = Gc.mul_(Hprev).mul_(dAc)  # Gc is no longer needed after the carry
             ddt_t[s:e] = torch.einsum("lbdn,dn->lbd", P, A) + uc * sGB
@@ -155,6 +166,7 @@ class ChunkedScanFn(torch.autograd.Function):
             _from_time_major(dB_t, reverse),
             _from_time_major(dC_t, reverse),
             dh0,
+            None,
             None,
             None,
         )
@@ -192,17 +204,12 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
 
 def _one_direction(u, dt, A, B, C, D, *, residual, masked, mask_drops_D, reverse, chunk):
     """Scan output ``y`` (natural order, compute dtype, before the gate) and the last state."""
-    b, d, l = u.shape
-    g = B.shape[1]
-    if l == 0:
+    if u.shape[-1] == 0:
         raise ValueError("selective scan needs a sequence of length >= 1")
     h0 = None
     if residual:
         h0 = u[:, :, -1] if reverse else u[:, :, 0]  # the first token in scan order
-    y, last = ChunkedScanFn.apply(u, dt, A, B, C, h0, reverse, int(chunk))
-    if masked:  # remove the diagonal (self) term: Delta_t u_t (B_t . C_t)
-        bc = (B * C).sum(2)  # (b, g, l)
-        y = (y.view(b, g, d // g, l) - (dt * u).view(b, g, d // g, l) * bc[:, :, None, :]).view(b, d, l)
+    y, last = ChunkedScanFn.apply(u, dt, A, B, C, h0, reverse, int(chunk), bool(masked))
     if D is not None and not (masked and mask_drops_D):
         y = y + D.to(u.dtype)[None, :, None] * u
     return y, last
