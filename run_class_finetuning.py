@@ -109,7 +109,9 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--data_set", default=data_set_default,
                    choices=["Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "IMNET",
                             "video", "rawframe"])
-    g.add_argument("--nb_classes", default=400, type=int)
+    g.add_argument("--nb_classes", default=None, type=int,
+                   help="default: the dataset's own count (Kinetics-400/600/700, SSV2 174, UCF101 101, HMDB51 51, "
+                        "IMNET 1000); for --data_set video / rawframe inferred from the labels (and logged)")
     g.add_argument("--use_rawframes", action="store_true")
     g.add_argument("--sampling_rate", type=int, default=0, help="0: sparse TSN sampling; >0 dense stride")
     g.add_argument("--short_side_size", type=int, default=224)
@@ -152,7 +154,15 @@ PRO_OPTIONS = ("bwd_mask", "residual_start", "mask_drops_D", "divide_out")
 
 def model_kwargs(args) -> dict:
     """create_model kwargs; VideoMambaPro options only when given (None = registered default)."""
-    kw = dict(num_classes=args.nb_classes, num_frames=args.num_frames, img_size=args.input_size,
+    nb_classes = args.nb_classes
+    if nb_classes is None:  # the lists were not read (a dry run without data): the dataset's fixed count
+        from datasets.build import DATASET_CLASSES
+
+        nb_classes = DATASET_CLASSES.get(args.data_set)
+        if nb_classes is None:
+            raise ValueError(f"--data_set {args.data_set} has no fixed class count and its lists were not read: "
+                             "pass --nb_classes")
+    kw = dict(num_classes=nb_classes, num_frames=args.num_frames, img_size=args.input_size,
               tubelet_size=args.tubelet_size, drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate,
               use_checkpoint=args.use_checkpoint, checkpoint_num=args.checkpoint_num)
     for k in PRO_OPTIONS:

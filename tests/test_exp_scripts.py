@@ -106,3 +106,19 @@ def test_slurm_wrapper_runs_recipe_per_task(tmp_path):
     assert "--ntasks=16" in opts and "--ntasks-per-node=8" in opts and "--kill-on-bad-exit=1" in opts
     args = _dry_run(argv)
     assert args.data_set == "SSV2" and args.epochs == 2
+
+
+def test_nb_classes_defaults_to_the_datasets_count(tmp_path):
+    """--nb_classes is optional: Kinetics-600 builds a 600-way head even in a dry run with no lists; a generic
+    set without lists and without --nb_classes is refused with the flag to pass."""
+    import run_class_finetuning as mod
+    from utils.config import parse_with_config
+
+    flags = ["--model", "videomambapro_test", "--num_frames", "4", "--input_size", "32", "--device", "cpu",
+             "--dry_run", "--output_dir", str(tmp_path), "--data_path", str(tmp_path / "nolists")]
+    args = parse_with_config(mod.get_args_parser(), flags + ["--data_set", "Kinetics-600"])
+    assert args.nb_classes is None
+    assert mod.model_kwargs(args)["num_classes"] == 600
+    args = parse_with_config(mod.get_args_parser(), flags + ["--data_set", "video"])
+    with pytest.raises(ValueError, match="pass --nb_classes"):
+        mod.model_kwargs(args)
