@@ -4,7 +4,7 @@
 #                         --residual_start none   --residual_start both
 #   --no_bwd_mask         videomamba              residual_only
 #   --bwd_mask            mask_only               videomambapro
-# About 4 x the demo (~25 minutes on a 2-core CPU). Extra arguments go to every run_demo.py call, e.g.
+# About 4 x the demo (~23 minutes on a 2-core CPU). Extra arguments go to every run_demo.py call, e.g.
 #   bash exp/demo/ablation_grid.sh --epochs 8
 # (run_demo.py flags only: a `--` section would replace the grid's own flags).
 set -euo pipefail
