@@ -61,9 +61,29 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def ensure_dataset(a, log=print) -> str:
-    """Write the synthetic dataset to ``a.data_path`` unless its lists are there. Returns the labels file."""
+    """Write the synthetic dataset to ``a.data_path`` unless its lists are there. Returns the labels file.
+
+    An existing folder is used only when its ``synthetic.json`` says it was written by this generator version
+    with the parameters asked for; otherwise the run stops and says why (never trains on other data)."""
+    from datasets.synthetic import META_FILE, dataset_meta
+
     lists = [os.path.join(a.data_path, f"{s}.csv") for s in ("train", "val", "test")]
+    want = dataset_meta(seed=a.data_seed, num_classes=4, train_per_class=a.train_per_class,
+                        val_per_class=a.val_per_class, test_per_class=a.test_per_class, frames=a.frames, size=a.size)
+    meta_path = os.path.join(a.data_path, META_FILE)
     if all(os.path.isfile(p) for p in lists):
+        try:
+            with open(meta_path) as f:
+                have = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"[demo] {a.data_path} has data lists but no readable {META_FILE} ({e}): it was not "
+                             "written by this version of the synthetic generator. Delete the folder or pass another "
+                             "--data_path; the demo does not train on data it cannot vouch for.") from None
+        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+        if diff:
+            raise SystemExit(f"[demo] {meta_path} does not match this run (field: on disk vs wanted): "
+                             + ", ".join(f"{k}: {h} vs {w}" for k, (h, w) in diff.items())
+                             + ". Delete the folder or pass another --data_path.")
         log(f"[demo] using the dataset in {a.data_path}")
     else:
         from datasets.synthetic import make_dataset

@@ -14,15 +14,20 @@ Layout written by :func:`make_dataset` (see CONVENTIONS / the synthetic-data con
     DIR/{train,val,test}.csv                       ("videos/<name>.mp4 label", relative to DIR)
     DIR/rawframes_{train,val,test}.csv             ("rawframes/<name> total_frames label")
     DIR/labels.txt                                 (class names, one per line)
+    DIR/synthetic.json                             (generator version + parameters, written last)
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 CLASS_NAMES = ("move_up", "move_down", "move_sideways", "stay")
+# Bumped whenever make_clip draws different videos for the same seed (2: dim background, patch-sized square).
+GENERATOR_VERSION = 2
+META_FILE = "synthetic.json"  # the generator version and parameters a dataset folder was written with
 _DIRECTIONS = ((-1, 0), (1, 0), (0, None), (0, 0))  # (dy, dx) per class; None: dx = +-1 drawn per video
 
 
@@ -105,8 +110,9 @@ def make_dataset(out: str, seed: int = 0, num_classes: int = 4, train_per_class:
                  ) -> Dict[str, str]:
     """Write the synthetic dataset under ``out``; returns a dict of paths.
 
-    Keys: 'root', 'videos', 'rawframes', 'labels', and for each split s: s (video list) and
-    'rawframes_' + s (raw-frame list)."""
+    Keys: 'root', 'videos', 'rawframes', 'labels', 'meta', and for each split s: s (video list) and
+    'rawframes_' + s (raw-frame list). ``DIR/synthetic.json`` records GENERATOR_VERSION and the parameters, so
+    a reader can tell whether a folder holds the data it asks for (see :func:`dataset_meta`)."""
     if not 1 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes must be in [1, {len(CLASS_NAMES)}], got {num_classes}")
     if size % 2:
@@ -136,4 +142,17 @@ def make_dataset(out: str, seed: int = 0, num_classes: int = 4, train_per_class:
             f.writelines(video_rows[j] for j in order)
         with open(paths["rawframes_" + split], "w") as f:
             f.writelines(frame_rows[j] for j in order)
+    paths["meta"] = os.path.join(out, META_FILE)
+    with open(paths["meta"], "w") as f:  # last: a folder with this file is complete
+        json.dump(dataset_meta(seed, num_classes, train_per_class, val_per_class, test_per_class, frames, size,
+                               fps, list(splits)), f, indent=1)
     return paths
+
+
+def dataset_meta(seed: int = 0, num_classes: int = 4, train_per_class: int = 40, val_per_class: int = 10,
+                 test_per_class: int = 10, frames: int = 16, size: int = 64, fps: int = 8,
+                 splits: Sequence[str] = ("train", "val", "test")) -> dict:
+    """What ``DIR/synthetic.json`` holds for a dataset written with these parameters by this generator."""
+    return dict(generator_version=GENERATOR_VERSION, seed=seed, num_classes=num_classes,
+                train_per_class=train_per_class, val_per_class=val_per_class, test_per_class=test_per_class,
+                frames=frames, size=size, fps=fps, splits=list(splits))

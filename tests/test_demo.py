@@ -72,6 +72,25 @@ def test_demo_rerun_reuses_data_and_moves_old_log(tiny_run, tmp_path):
     assert res["best_val_acc1"] == tiny_run["res"]["best_val_acc1"]
 
 
+def test_demo_refuses_a_dataset_folder_it_did_not_write_this_way(tiny_run, tmp_path):
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_run["data"], data)
+    meta = json.load(open(os.path.join(data, "synthetic.json")))
+    assert meta["generator_version"] >= 2 and meta["train_per_class"] == 2
+    out = str(tmp_path / "out")
+    argv = ["--data_path", data, "--output_dir", out, "--seed", "3"] + TINY
+    with pytest.raises(SystemExit, match=r"train_per_class: 2 vs 5"):  # other parameters asked for
+        run_demo.main(argv[:argv.index("--train_per_class") + 1] + ["5"] + argv[argv.index("--train_per_class") + 2:])
+    meta["generator_version"] = 1  # written by the older generator (other videos for the same seed)
+    json.dump(meta, open(os.path.join(data, "synthetic.json"), "w"))
+    with pytest.raises(SystemExit, match="generator_version: 1 vs"):
+        run_demo.main(argv)
+    os.remove(os.path.join(data, "synthetic.json"))
+    with pytest.raises(SystemExit, match="no readable synthetic.json"):
+        run_demo.main(argv)
+    assert not os.path.exists(os.path.join(out, "log.txt"))  # nothing trained
+
+
 def test_infer_video_matches_the_runs_multi_view_test(tiny_run):
     """infer_video.py's softmax average over the 2x2 views equals the run's merged test prediction per video."""
     out, data = tiny_run["out"], tiny_run["data"]
