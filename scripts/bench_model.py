@@ -21,22 +21,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-
-
-def _status_mib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
+from bench_scan import _proc_status_mb, _reset_rss_peak, cpu_malloc_env  # noqa: E402  (this folder)
 
 
 def _cpu_peak_start():
-    """Reset the RSS high-water mark to the current RSS (Linux /proc/self/clear_refs); return the RSS."""
+    """Reset the RSS high-water mark to the current RSS; return the RSS (MiB)."""
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_mib("VmRSS")
+    _reset_rss_peak()
+    return _proc_status_mb("VmRSS")
 
 
 def bench_one(name, frames, args, device):
@@ -70,7 +62,7 @@ def bench_one(name, frames, args, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _status_mib("VmHWM") - rss0
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _proc_status_mb("VmHWM") - rss0
     return args.batch_size * args.iters / dt, mem
 
 
@@ -78,7 +70,7 @@ def _cpu_memory(name, frames, argv):
     """Peak RSS growth (MiB) of one configuration, measured in a fresh process with a fixed mmap threshold."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", "cpu", "--mem_worker", name, str(frames)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=cpu_malloc_env())
     if p.returncode != 0:
         raise RuntimeError(f"memory worker failed for {name} at {frames} frames:\n{p.stderr[-2000:]}")
     return float(p.stdout.strip().splitlines()[-1])
