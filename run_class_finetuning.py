@@ -156,9 +156,9 @@ def model_kwargs(args) -> dict:
     """create_model kwargs; VideoMambaPro options only when given (None = registered default)."""
     nb_classes = args.nb_classes
     if nb_classes is None:  # the lists were not read (a dry run without data): the dataset's fixed count
-        from datasets.build import DATASET_CLASSES
+        from datasets.build import resolve_nb_classes
 
-        nb_classes = DATASET_CLASSES.get(args.data_set)
+        nb_classes = resolve_nb_classes(args)
         if nb_classes is None:
             raise ValueError(f"--data_set {args.data_set} has no fixed class count and its lists were not read: "
                              "pass --nb_classes")

@@ -68,8 +68,9 @@ def ensure_dataset(a, log=print) -> str:
     from datasets.synthetic import META_FILE, dataset_meta
 
     lists = [os.path.join(a.data_path, f"{s}.csv") for s in ("train", "val", "test")]
-    want = dataset_meta(seed=a.data_seed, num_classes=4, train_per_class=a.train_per_class,
-                        val_per_class=a.val_per_class, test_per_class=a.test_per_class, frames=a.frames, size=a.size)
+    params = dict(seed=a.data_seed, num_classes=4, train_per_class=a.train_per_class, val_per_class=a.val_per_class,
+                  test_per_class=a.test_per_class, frames=a.frames, size=a.size)
+    want = dataset_meta(**params)
     meta_path = os.path.join(a.data_path, META_FILE)
     if all(os.path.isfile(p) for p in lists):
         try:
@@ -89,8 +90,7 @@ def ensure_dataset(a, log=print) -> str:
         from datasets.synthetic import make_dataset
 
         t0 = time.time()
-        make_dataset(a.data_path, seed=a.data_seed, num_classes=4, train_per_class=a.train_per_class,
-                     val_per_class=a.val_per_class, test_per_class=a.test_per_class, frames=a.frames, size=a.size)
+        make_dataset(a.data_path, **params)
         log(f"[demo] wrote the synthetic motion dataset to {a.data_path} in {time.time() - t0:.1f}s "
             f"({4 * a.train_per_class} train / {4 * a.val_per_class} val / {4 * a.test_per_class} test videos)")
     return os.path.join(a.data_path, "labels.txt")

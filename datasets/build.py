@@ -45,7 +45,9 @@ def _get(args, name):
     return DATA_ARG_DEFAULTS[name] if v is None and name in ("data_root", "split") else v
 
 
-def _resolve_nb_classes(args) -> Optional[int]:
+def resolve_nb_classes(args) -> Optional[int]:
+    """The class count of ``args.data_set``: its fixed count, else ``--nb_classes``, else None (generic sets: the
+    caller infers it from the labels)."""
     data_set = _get(args, "data_set")
     if data_set not in DATASET_CLASSES:
         raise ValueError(f"unknown --data_set {data_set!r}; choose one of {sorted(DATASET_CLASSES)}")
@@ -102,7 +104,7 @@ def build_dataset(is_train: bool, test_mode: bool, args):
     Reads the args listed in DATA_ARG_DEFAULTS (missing attributes take those defaults). Relative paths in
     lists go under --data_root, or under the list file's folder when --data_root is empty."""
     data_set = _get(args, "data_set")
-    nb_classes = _resolve_nb_classes(args)
+    nb_classes = resolve_nb_classes(args)
     mode = "train" if is_train else ("test" if test_mode else "validation")
     if data_set == "IMNET":
         ds = _build_imagenet(is_train, test_mode, args, nb_classes)

@@ -1,6 +1,6 @@
 """scripts/bench_gpu.py: the ratio tables compute what they claim, and the CPU plumbing run (Triton
 interpreter, tiny shapes) measures every backend and variant without skipping."""
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -9,14 +9,13 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.path.join(ROOT, "scripts") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "scripts", "bench_gpu.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("bench_gpu")  # scripts/ is on sys.path (as in tests/test_demo.py)
 
 
 def _scan(backend, variant, ms, gbps=(100.0, 50.0), size="Ti", T=8):

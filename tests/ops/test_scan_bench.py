@@ -1,6 +1,7 @@
 """scripts/bench_scan.py: its baseline computes the same scan, and one tiny measurement runs."""
-import importlib.util
+import importlib
 import os
+import sys
 
 import pytest
 import torch
@@ -8,14 +9,13 @@ import torch
 from mamba.ops.selective_scan import selective_scan_ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.path.join(ROOT, "scripts") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_scan", os.path.join(ROOT, "scripts", "bench_scan.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("bench_scan")  # scripts/ is on sys.path (as in tests/test_demo.py)
 
 
 @pytest.mark.parametrize("variant", ["plain", "pro"])
