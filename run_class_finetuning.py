@@ -176,12 +176,13 @@ def model_kwargs(args) -> dict:
 def build_model(args, meta: bool = False):
     import timm
 
-    import models  # noqa: F401  (registers the architectures in timm)
+    import models  # registers the architectures in timm
 
     kw = model_kwargs(args)
     args._model_cfg = dict(kw, model=args.model)
-    if not args.model.startswith("videomamba"):
-        raise SystemExit(f"error: --model {args.model} is not one of ours (videomambapro_* / videomamba_*)")
+    if args.model not in models.registered_models():
+        raise SystemExit(f"error: --model {args.model} is not one of ours (registered by models/: "
+                         f"{', '.join(models.registered_models())})")
     try:
         if meta:
             with torch.device("meta"):
