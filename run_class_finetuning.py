@@ -16,10 +16,125 @@ from utils.config import parse_with_config
 
 RESIDUAL_START = ("none", "forward", "backward", "both")
 SCAN_BACKENDS = ("auto", "reference", "torch", "cuda", "triton")
+DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "IMNET", "video", "rawframe",
+             # VideoMamba's names (video_sm/run_class_finetuning.py), meaning kept: see datasets.build
+             "Kinetics", "Kinetics_sparse", "mitv1_sparse", "COIN", "Breakfast", "LVU")
+# --data_set names only VideoMamba's scripts use: with --defaults auto they select VideoMamba's defaults.
+UPSTREAM_ONLY_DATA_SETS = ("Kinetics", "Kinetics_sparse", "mitv1_sparse", "COIN", "Breakfast", "LVU")
+
+# Flags whose default depends on --defaults (None in the parser = not given on the command line).
+OUR_DEFAULTS = dict(num_sample=1, layer_decay=1.0, layer_decay_mode="block", weight_decay_ssm=False, tubelet_size=1,
+                    init="default")
+# VideoMamba's video_sm/run_class_finetuning.py defaults, with the layer decay it effectively applies (its per-block
+# branch is disabled: only patch_embed / cls_token / pos_embed are decayed), A_log/A_b_log weight decay (its groups
+# skip only 1-D params, biases and no_weight_decay() names) and its from-scratch initialisation.
+VIDEOMAMBA_DEFAULTS = dict(num_sample=2, layer_decay=0.75, layer_decay_mode="videomamba", weight_decay_ssm=True,
+                           tubelet_size=2, orig_t_size=8, init="videomamba")
+
+# Flags of VideoMamba's run_class_finetuning.py that are accepted for its command lines to run unchanged but change
+# nothing here: (dest, default, why). A value other than the default is warned about once.
+IGNORED_UPSTREAM_FLAGS = (
+    ("use_learnable_pos_emb", False, "VideoMAE ViT option; VideoMamba always learns its position embeddings"),
+    ("drop", 0.0, "VideoMAE ViT dropout; upstream does not pass it to VideoMamba models either"),
+    ("attn_drop_rate", 0.0, "attention dropout: VideoMamba has no attention"),
+    ("color_jitter", 0.4, "used by upstream's pre-training only, not by fine-tuning"),
+    ("crop_pct", None, "unused by upstream's fine-tuning (test crops are square crops of --short_side_size)"),
+    ("resplit", False, "random-erasing split of the clean augmentation: not used by video fine-tuning"),
+    ("delete_head", False, "a head of the wrong size is always dropped; a fitting head is kept"),
+    ("model_prefix", "", "key prefix for loading; wrapper prefixes are stripped automatically"),
+    ("init_scale", 0.001, "VideoMAE ViT head init scale"),
+    ("use_mean_pooling", True, "VideoMAE ViT pooling; VideoMamba classifies the cls token"),
+    ("eval_data_path", None, "use --val_list / --test_list"),
+    ("num_segments", 1, "VideoMAE ViT option (frames = num_frames x num_segments); use --num_frames"),
+    ("trimmed", 60, "LVU / COIN / Breakfast long-video trimming is not implemented: clips are sampled from the "
+                    "whole video"),
+    ("time_stride", 16, "LVU / COIN / Breakfast long-video sampling is not implemented"),
+    ("world_size", 1, "the world size comes from the launcher's environment (torchrun / SLURM)"),
+    ("dist_on_itp", False, "OpenMPI (ITP) rank variables are not read; launch with torchrun or SLURM"),
+    ("dist_url", "env://", "rendezvous comes from the launcher's environment"),
+    ("deepspeed", False, "--enable_deepspeed selects DeepSpeed"),
+    ("deepspeed_config", None, "the DeepSpeed config is generated into output_dir from the flags"),
+    ("deepscale", False, "deprecated DeepSpeed alias"),
+    ("deepscale_config", None, "deprecated DeepSpeed alias"),
+    ("deepspeed_mpi", False, "MPI discovery is not used"),
+)
+
+
+class RecipeArgumentParser(argparse.ArgumentParser):
+    """argparse with a post-parse step (``resolvers``) that fills the flags whose default depends on the others
+    (``--defaults``, dataset names, the starting checkpoint); it runs for ``parse_args`` and ``--config`` alike."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.resolvers = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extra = super().parse_known_args(args, namespace)
+        for fn in self.resolvers:
+            fn(ns, self)
+        return ns, extra
+
+
+def _log_once(msg, _seen=set()):  # noqa: B006  (module-level memo: each message once per process)
+    if msg not in _seen:
+        _seen.add(msg)
+        print(msg)
+
+
+def resolve_args(args, parser=None, log=_log_once) -> None:
+    """Fill the defaults that depend on other flags (see ``--defaults``) and map VideoMamba's flags to ours."""
+    if args.defaults == "auto":
+        args.defaults = "videomamba" if args.data_set in UPSTREAM_ONLY_DATA_SETS else "ours"
+    table = VIDEOMAMBA_DEFAULTS if args.defaults == "videomamba" else OUR_DEFAULTS
+    filled = {k: v for k, v in table.items() if getattr(args, k, None) is None}
+    for k, v in filled.items():
+        setattr(args, k, v)
+    if args.defaults == "videomamba" and filled:
+        log("defaults: VideoMamba's for flags not given (" + ", ".join(f"{k}={v}" for k, v in filled.items())
+            + "); --defaults ours for ours")
+    # dataset names: Kinetics = dense clips at --sampling_rate (upstream default 4); Kinetics_sparse and ours = TSN
+    if args.sampling_rate is None:
+        dense_default = args.data_set == "Kinetics" or (args.defaults == "videomamba" and args.data_set == "UCF101")
+        args.sampling_rate = 4 if dense_default else 0
+    elif args.data_set in ("Kinetics_sparse", "mitv1_sparse") and args.sampling_rate > 0:
+        log(f"warning: --data_set {args.data_set} samples one frame per segment (TSN); --sampling_rate "
+            f"{args.sampling_rate} is ignored, as upstream")
+        args.sampling_rate = 0
+    if args.data_set == "image_folder":
+        raise SystemExit("error: --data_set image_folder: use run_pretrain_imagenet.py for images")
+    # --use_decord / --no_use_decord (VideoMamba) and --use_rawframes (ours): None = decided by the list's columns
+    if args.use_decord is not None:
+        if args.use_rawframes and args.use_decord:
+            raise SystemExit("error: --use_rawframes and --use_decord contradict each other")
+        args.use_rawframes = not args.use_decord
+    elif not args.use_rawframes:
+        args.use_rawframes = None
+    # starting weights: a file, a zoo tag (videomamba_tiny.in1k), an hf-hub: name, or none
+    if isinstance(args.finetune, str) and args.finetune.lower() == "none":
+        args.finetune = ""
+        log("--finetune none: training from scratch (random initialisation"
+            + (f", --init {args.init})" if hasattr(args, "init") else ")"))
+    elif args.finetune is None:
+        args.finetune = ""
+        if args.defaults == "videomamba" and not args.eval and not args.resume:
+            from models.zoo import imagenet_tag_for
+
+            tag = imagenet_tag_for(args.model)
+            if tag:
+                args.finetune = tag
+                log(f"--finetune not given: starting from the ImageNet-1K checkpoint {tag}, as VideoMamba does "
+                    f"(--finetune none trains from scratch)")
+    if args.nb_classes is None and args.defaults == "videomamba" and args.data_set in ("Kinetics", "Kinetics_sparse"):
+        args.nb_classes = 400  # VideoMamba's --nb_classes default
+    ignored = [f"--{dest} ({why})" for dest, default, why in IGNORED_UPSTREAM_FLAGS
+               if hasattr(args, dest) and getattr(args, dest) != default]
+    if ignored:
+        log("warning: VideoMamba flags accepted but without effect here: " + "; ".join(ignored))
 
 
 def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data_set_default="Kinetics-400"):
-    p = argparse.ArgumentParser(description=description, add_help=True)
+    p = RecipeArgumentParser(description=description, add_help=True)
+    p.resolvers.append(resolve_args)
     p.add_argument("--config", default=None, help="YAML file of flag defaults (command-line flags win)")
 
     g = p.add_argument_group("run")
@@ -35,12 +150,13 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--model", default="videomambapro_tiny", type=str)
     g.add_argument("--input_size", default=224, type=int)
     g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--tubelet_size", type=int, default=1)
+    g.add_argument("--tubelet_size", type=int, default=None, help="default 1 (VideoMamba's parser: 2)")
     g.add_argument("--drop_path", type=float, default=0.1)
     g.add_argument("--fc_drop_rate", type=float, default=0.0)
     g.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
     g.add_argument("--checkpoint_num", default=0, type=int, help="number of blocks to checkpoint")
     g.add_argument("--model_ema", action="store_true", default=False)
+    g.add_argument("--no_model_ema", action="store_false", dest="model_ema", help="EMA off (VideoMamba's image runs)")
     g.add_argument("--model_ema_decay", type=float, default=0.9999)
     g.add_argument("--model_ema_force_cpu", action="store_true", default=False)
 
@@ -53,6 +169,39 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--divide_out", action="store_true", default=None)
     g.add_argument("--scan_backend", choices=SCAN_BACKENDS, default=None,
                    help="selective-scan implementation (default: VMP_SCAN_BACKEND env or auto)")
+    g.add_argument("--init", choices=("default", "videomamba"), default=None,
+                   help="from-scratch initialisation: ours (default), or VideoMamba's (all Linear trunc_normal 0.02, "
+                        "biases and the backward dt bias zeroed, out_proj kaiming_uniform / sqrt(depth), cls token 0)")
+
+    g = p.add_argument_group("VideoMamba compatibility")
+    g.add_argument("--defaults", choices=("auto", "ours", "videomamba"), default="auto",
+                   help="defaults of the flags a command leaves out: ours, or VideoMamba's run_class_finetuning.py "
+                        f"({VIDEOMAMBA_DEFAULTS}, ImageNet-1K start). auto: VideoMamba's when --data_set is one of "
+                        f"its own names {UPSTREAM_ONLY_DATA_SETS}")
+    g.add_argument("--lr_scale_rule", choices=("linear256", "deit512"), default="linear256",
+                   help="linear256: lr, min_lr, warmup_lr x total batch x num_sample / 256 (video fine-tuning); "
+                        "deit512: lr x total batch / 512 only (DeiT / VideoMamba ImageNet)")
+    g.add_argument("--layer_decay_mode", choices=("block", "videomamba"), default=None,
+                   help="block: --layer_decay per layers.{i} (ours); videomamba: only patch_embed / cls_token / "
+                        "pos_embed decayed, blocks at full lr (what VideoMamba effectively does)")
+    g.add_argument("--weight_decay_ssm", dest="weight_decay_ssm", action="store_true", default=None,
+                   help="weight decay on A_log / A_b_log (VideoMamba does; ours does not)")
+    g.add_argument("--no_weight_decay_ssm", dest="weight_decay_ssm", action="store_false")
+    g.add_argument("--use_decord", dest="use_decord", action="store_true", default=None,
+                   help="read videos (VideoMamba's SSV2 switch); default: decided by the list's columns")
+    g.add_argument("--no_use_decord", dest="use_decord", action="store_false", help="read raw frames")
+    g.add_argument("--flip", dest="flip", action="store_true", default=None,
+                   help="horizontal flip in training (default: on, off for SSV2)")
+    g.add_argument("--no_flip", dest="flip", action="store_false")
+    g.add_argument("--imagenet_default_mean_and_std", action="store_true", default=True,
+                   help="accepted; ImageNet mean/std are always used")
+    g.add_argument("--use_cls", action="store_false", dest="use_mean_pooling", help=argparse.SUPPRESS)
+    for dest, default, why in IGNORED_UPSTREAM_FLAGS:
+        if isinstance(default, bool):
+            g.add_argument(f"--{dest}", action="store_true", default=default, help=f"accepted, no effect: {why}")
+        else:
+            typ = float if dest == "crop_pct" else (type(default) if default is not None else str)
+            g.add_argument(f"--{dest}", type=typ, default=default, help=f"accepted, no effect: {why}")
 
     g = p.add_argument_group("optimizer")
     g.add_argument("--opt", default="adamw", type=str)
@@ -63,7 +212,8 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--weight_decay", type=float, default=0.05)
     g.add_argument("--weight_decay_end", type=float, default=None)
     g.add_argument("--lr", type=float, default=1e-3, help="base lr for a total batch of 256 (scaled linearly)")
-    g.add_argument("--layer_decay", type=float, default=1.0)
+    g.add_argument("--layer_decay", type=float, default=None, help="default 1.0 (VideoMamba: 0.75, see "
+                   "--layer_decay_mode)")
     g.add_argument("--warmup_lr", type=float, default=1e-6)
     g.add_argument("--min_lr", type=float, default=1e-6)
     g.add_argument("--warmup_epochs", type=int, default=5)
@@ -73,7 +223,8 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1")
     g.add_argument("--smoothing", type=float, default=0.1)
     g.add_argument("--train_interpolation", type=str, default="bicubic")
-    g.add_argument("--num_sample", type=int, default=1, help="repeated augmentation per video")
+    g.add_argument("--num_sample", type=int, default=None, help="repeated augmentation per video (default 1; "
+                   "VideoMamba: 2)")
     g.add_argument("--reprob", type=float, default=0.25)
     g.add_argument("--remode", type=str, default="pixel")
     g.add_argument("--recount", type=int, default=1)
@@ -85,9 +236,13 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--mixup_mode", type=str, default="batch", choices=("batch", "pair", "elem"))
 
     g = p.add_argument_group("fine-tuning / resume")
-    g.add_argument("--finetune", default="", help="initial weights (model/module/bare state dict)")
+    g.add_argument("--finetune", default=None,
+                   help="initial weights: a file (model/module/bare state dict), a released checkpoint by tag "
+                        "(videomamba_tiny.in1k, videomamba_small.k400_f16_res224, ...: python scripts/eval_zoo.py "
+                        "--list), an hf-hub:ORG/REPO/FILE name, or none (from scratch)")
     g.add_argument("--model_key", default="model|module")
-    g.add_argument("--orig_t_size", type=int, default=None, help="frames of the --finetune checkpoint")
+    g.add_argument("--orig_t_size", type=int, default=None, help="frames of the --finetune checkpoint (informative: "
+                   "the checkpoint's temporal embedding decides)")
     g.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code: only for trusted files)")
     g.add_argument("--resume", default="", help="resume from this checkpoint (wins over --auto_resume)")
@@ -106,14 +261,16 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--train_list", default=None)
     g.add_argument("--val_list", default=None)
     g.add_argument("--test_list", default=None)
-    g.add_argument("--data_set", default=data_set_default,
-                   choices=["Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "IMNET",
-                            "video", "rawframe"])
+    g.add_argument("--data_set", default=data_set_default, choices=DATA_SETS + ("image_folder",),
+                   help="Kinetics_sparse = Kinetics-N with TSN sampling (N from --nb_classes), Kinetics = dense "
+                        "clips at --sampling_rate (default 4), SSV2 = videos or raw frames by the list's columns")
     g.add_argument("--nb_classes", default=None, type=int,
                    help="default: the dataset's own count (Kinetics-400/600/700, SSV2 174, UCF101 101, HMDB51 51, "
                         "IMNET 1000); for --data_set video / rawframe inferred from the labels (and logged)")
-    g.add_argument("--use_rawframes", action="store_true")
-    g.add_argument("--sampling_rate", type=int, default=0, help="0: sparse TSN sampling; >0 dense stride")
+    g.add_argument("--use_rawframes", action="store_true",
+                   help="read raw frames (default: raw frames for 3-column lists 'folder total_frames label')")
+    g.add_argument("--sampling_rate", type=int, default=None,
+                   help="0: sparse TSN sampling; >0 dense stride (default 0; 4 for --data_set Kinetics)")
     g.add_argument("--short_side_size", type=int, default=224)
     g.add_argument("--test_num_segment", type=int, default=5)
     g.add_argument("--test_num_crop", type=int, default=3)
@@ -145,6 +302,9 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--zero_stage", default=0, type=int, choices=(0, 1, 2, 3))
     g.add_argument("--bf16", action="store_true", default=False)
     g.add_argument("--no_amp", action="store_true", default=False)
+    g.add_argument("--dist_timeout", type=float, default=10.0,
+                   help="minutes a collective (barrier, all-reduce) waits for a stalled rank before the run stops "
+                        "naming it (longest expected wait: the multi-view test merge)")
     g.add_argument("--local_rank", "--local-rank", default=-1, type=int, help=argparse.SUPPRESS)
     return p
 
@@ -165,6 +325,8 @@ def model_kwargs(args) -> dict:
     kw = dict(num_classes=nb_classes, num_frames=args.num_frames, img_size=args.input_size,
               tubelet_size=args.tubelet_size, drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate,
               use_checkpoint=args.use_checkpoint, checkpoint_num=args.checkpoint_num)
+    if getattr(args, "init", None) not in (None, "default"):
+        kw["init_mode"] = args.init
     for k in PRO_OPTIONS:
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
@@ -215,8 +377,9 @@ def wiring():
 
     def _load_pretrained(model, path, **kw):
         from models.checkpoint import load_pretrained
+        from models.zoo import resolve_weights
 
-        return load_pretrained(model, path, **kw)
+        return load_pretrained(model, resolve_weights(path, log=kw.get("log", print)), **kw)
 
     def _collate(batch):
         from datasets import multiple_samples_collate

@@ -3,8 +3,10 @@
 
     torchrun --nproc_per_node=8 run_pretrain_imagenet.py --model videomambapro_tiny_image --data_path IMNET ...
 
-Same flags, checkpoints and logs as run_class_finetuning.py, with DeiT defaults, repeated augmentation
-(--repeated_aug --num_repeats 3) and optional self-distillation (--teacher_model/--teacher_ckpt/--distill_weight).
+Same flags, checkpoints and logs as run_class_finetuning.py, with DeiT defaults (lr x total batch / 512 with
+min_lr / warmup_lr absolute: --lr_scale_rule deit512; EMA on unless --no_model_ema), repeated augmentation
+(--repeated_aug --num_repeats 3) and optional self-distillation (--teacher_model/--teacher_ckpt/--distill_weight,
+--distill_style videomamba: VideoMamba's RMSNorm + Linear head and 2 (1 - cos) loss).
 Evaluation is single-view on the val split.
 """
 from __future__ import annotations
@@ -24,10 +26,14 @@ def get_args_parser():
     g.add_argument("--teacher_model", default=None, type=str, help="frozen teacher for self-distillation")
     g.add_argument("--teacher_ckpt", default=None, type=str)
     g.add_argument("--distill_weight", default=1.0, type=float)
+    g.add_argument("--distill_style", default="videomamba", choices=("videomamba", "cosine"),
+                   help="videomamba: RMSNorm + Linear head, loss 2 (1 - cos) (VideoMamba's); cosine: Linear head, "
+                        "loss 1 - cos")
+    # DeiT / VideoMamba image_sm/main.py defaults (lr x total batch / 512, min_lr / warmup_lr absolute)
     p.set_defaults(model="videomambapro_tiny_image", nb_classes=1000, epochs=300, lr=5e-4, warmup_epochs=5,
-                   weight_decay=0.05, aa="rand-m9-mstd0.5-inc1", num_frames=1, short_side_size=224,
-                   repeated_aug=True, model_ema=True, model_ema_decay=0.99996, drop_path=0.1, test_at_end=False,
-                   dist_eval=True)
+                   min_lr=1e-5, warmup_lr=1e-6, lr_scale_rule="deit512", weight_decay=0.05,
+                   aa="rand-m9-mstd0.5-inc1", num_frames=1, short_side_size=224, repeated_aug=True, model_ema=True,
+                   model_ema_decay=0.9999, drop_path=0.1, test_at_end=False, dist_eval=True)
     return p
 
 
@@ -48,7 +54,7 @@ def build_model(args, meta: bool = False):
         print("warning: --teacher_model without --teacher_ckpt distils from random weights")
     return build_distill_wrapper(student, teacher, loss_weight=args.distill_weight,
                                  teacher_checkpoint=None if meta else args.teacher_ckpt,
-                                 trust_checkpoint=args.trust_checkpoint)
+                                 trust_checkpoint=args.trust_checkpoint, style=args.distill_style)
 
 
 def wiring():

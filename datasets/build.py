@@ -16,13 +16,20 @@ DATASET_CLASSES = {
     "Kinetics-400": 400, "Kinetics-600": 600, "Kinetics-700": 700,
     "SSV2": 174, "UCF101": 101, "HMDB51": 51, "IMNET": 1000,
     "video": None, "rawframe": None,
+    # VideoMamba's names (its video_sm/run_class_finetuning.py), meaning kept: Kinetics_sparse = Kinetics-N with
+    # TSN segment sampling, Kinetics = dense clips at --sampling_rate (N from --nb_classes, upstream default 400);
+    # mitv1_sparse / LVU: --nb_classes; COIN 180 and Breakfast 10 classes (videos, sparse sampling here).
+    "Kinetics_sparse": 400, "Kinetics": 400, "mitv1_sparse": None, "LVU": None, "COIN": 180, "Breakfast": 10,
 }
-_FIXED = ("SSV2", "UCF101", "HMDB51", "IMNET")
+_FIXED = ("SSV2", "UCF101", "HMDB51", "IMNET", "COIN", "Breakfast")
+# Datasets whose test views take upstream's SSV2 offsets (view k of S at k / S into each segment: segment start and
+# middle for S = 2) instead of the Kinetics ones ((k + 1) / (S + 1)).
+SSV2_TEST_OFFSETS = ("SSV2",)
 
 # Every args attribute read here, with its default (the training engineer's argparse owns the flags).
 DATA_ARG_DEFAULTS = dict(
     data_set="Kinetics-400", data_path="", data_root="", split=" ", train_list=None, val_list=None, test_list=None,
-    nb_classes=None, use_rawframes=False, num_frames=16, sampling_rate=0, tubelet_size=1, input_size=224,
+    nb_classes=None, use_rawframes=None, flip=None, num_frames=16, sampling_rate=0, tubelet_size=1, input_size=224,
     short_side_size=224, test_num_segment=5, test_num_crop=3, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25,
     remode="pixel", recount=1, num_sample=1, filename_tmpl="img_{:05}.jpg", start_idx=1, max_bad_samples=10,
     skip_bad_test=False, train_interpolation="bicubic", video_reader="decord", mixup=0.8, cutmix=1.0,
@@ -58,6 +65,32 @@ def resolve_nb_classes(args) -> Optional[int]:
             logger.warning("--data_set %s has %d classes; ignoring --nb_classes %s", data_set, fixed, given)
         return fixed
     return int(given) if given is not None else fixed
+
+
+def is_rawframe_list(list_file: str, sep: str = " ") -> bool:
+    """True when the list's first row is ``folder total_frames label`` (two integer columns at the end), the
+    raw-frame format; False for ``video_path label``. A missing or empty list counts as not raw frames."""
+    from .lists import _INT_RE, split_row
+
+    if not os.path.isfile(list_file):
+        return False
+    with open(list_file, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                fields = split_row(line, sep, 3)
+                return bool(fields) and all(_INT_RE.match(x) for x in fields[1:])
+    return False
+
+
+def use_rawframes(args, list_file: str) -> bool:
+    """Raw frames or videos: ``--use_rawframes`` / ``--no_use_decord`` (True), ``--use_decord`` (False), else the
+    list's columns decide (``--data_set rawframe`` is always raw frames)."""
+    if _get(args, "data_set") == "rawframe":
+        return True
+    forced = _get(args, "use_rawframes")
+    if forced is not None:
+        return bool(forced)
+    return is_rawframe_list(list_file, _get(args, "split"))
 
 
 def _list_path(args, mode: str) -> tuple:
@@ -118,10 +151,12 @@ def build_dataset(is_train: bool, test_mode: bool, args):
             test_num_segment=_get(args, "test_num_segment"), test_num_crop=_get(args, "test_num_crop"),
             aa=_get(args, "aa"), reprob=_get(args, "reprob"), remode=_get(args, "remode"),
             recount=_get(args, "recount"), num_sample=_get(args, "num_sample") if is_train else 1,
-            flip=data_set != "SSV2", train_interpolation=_get(args, "train_interpolation"),
+            flip=(data_set != "SSV2") if _get(args, "flip") is None else bool(_get(args, "flip")),
+            test_offsets="ssv2" if data_set in SSV2_TEST_OFFSETS else "kinetics",
+            train_interpolation=_get(args, "train_interpolation"),
             max_bad_samples=_get(args, "max_bad_samples"), skip_bad_test=_get(args, "skip_bad_test"),
             list_flag=flag)
-        if data_set == "rawframe" or _get(args, "use_rawframes"):
+        if use_rawframes(args, list_file):
             ds = RawFrameClsDataset(list_file, mode, filename_tmpl=_get(args, "filename_tmpl"),
                                     start_idx=_get(args, "start_idx"), **common)
         else:

@@ -47,7 +47,7 @@ class _ClipDataset(Dataset):
                  test_num_crop: int = 3, aa: Optional[str] = "rand-m7-n4-mstd0.5-inc1", reprob: float = 0.25,
                  remode: str = "pixel", recount: int = 1, num_sample: int = 1, flip: bool = True,
                  train_interpolation: str = "bicubic", max_bad_samples: int = 10, skip_bad_test: bool = False,
-                 list_flag: str = ""):
+                 list_flag: str = "", test_offsets: str = "kinetics"):
         if mode == "val":
             mode = "validation"
         if mode not in MODES:
@@ -69,6 +69,7 @@ class _ClipDataset(Dataset):
         self.num_sample = int(num_sample)
         self.max_bad_samples = int(max_bad_samples)
         self.skip_bad_test = bool(skip_bad_test)
+        self.test_offsets = test_offsets
         self.train_transform = (VideoTrainTransform(input_size, aa=aa, reprob=reprob, remode=remode, recount=recount,
                                                     flip=flip, interpolation=train_interpolation)
                                 if mode == "train" else None)
@@ -81,7 +82,7 @@ class _ClipDataset(Dataset):
 
     def _index_fn(self, mode: str, view: int = 0):
         return partial(sample_indices, num_frames=self.num_frames, sampling_rate=self.sampling_rate, mode=mode,
-                       view=view, num_views=self.test_num_segment)
+                       view=view, num_views=self.test_num_segment, test_offsets=self.test_offsets)
 
     # -- items ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:

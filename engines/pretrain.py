@@ -45,4 +45,4 @@ def describe_distillation(args) -> str:
     if not getattr(args, "teacher_model", None):
         return "no distillation"
     return (f"self-distillation from {args.teacher_model} ({args.teacher_ckpt or 'random weights!'}), "
-            f"weight {args.distill_weight}")
+            f"weight {args.distill_weight}, style {getattr(args, 'distill_style', 'videomamba')}")

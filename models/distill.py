@@ -1,11 +1,15 @@
 """VideoMamba-style self-distillation: a frozen smaller teacher guides a larger student (e.g. S -> M).
 
-``build_distill_wrapper(student, teacher, loss_weight=1.0, teacher_checkpoint=None, log=print)``
+``build_distill_wrapper(student, teacher, loss_weight=1.0, teacher_checkpoint=None, style="videomamba")``
 returns a :class:`DistillWrapper` whose ``forward(x)`` returns ``(logits, distill_loss)``:
 
-    t = normalize(teacher.forward_features(x))          (frozen, eval mode, no grad)
-    s = normalize(proj(student.forward_features(x)))    (proj: Linear(d_student -> d_teacher))
-    distill_loss = loss_weight * mean over tokens of (1 - cos(s, t))
+    t = normalize(teacher.forward_features(x))                   (frozen, eval mode, no grad)
+    s = normalize(distill_head(student.forward_features(x)))
+    style "videomamba" (VideoMamba's image_sm distillation; run_pretrain_imagenet.py's default):
+        distill_head = Sequential(RMSNorm(d_student), Linear(d_student -> d_teacher))
+        distill_loss = loss_weight * mean over tokens of 2 (1 - cos(s, t))      (= |s - t|^2 of unit vectors)
+    style "cosine" (this function's default, our earlier variant): distill_head = Linear(d_student -> d_teacher),
+        distill_loss = loss_weight * mean over tokens of (1 - cos(s, t))
 
 ``normalize`` is an L2 normalisation over channels of each token (after each model's final RMSNorm).
 The student's logits come from its own head. Both models must produce the same number of tokens
@@ -18,21 +22,37 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DistillWrapper", "build_distill_wrapper"]
+from mamba.ops.rms_norm import RMSNorm
+
+__all__ = ["DistillWrapper", "build_distill_wrapper", "DISTILL_STYLES"]
+
+DISTILL_STYLES = ("videomamba", "cosine")
 
 
 class DistillWrapper(nn.Module):
-    def __init__(self, student: nn.Module, teacher: nn.Module, loss_weight: float = 1.0):
+    def __init__(self, student: nn.Module, teacher: nn.Module, loss_weight: float = 1.0, style: str = "cosine"):
         super().__init__()
+        if style not in DISTILL_STYLES:
+            raise ValueError(f"distillation style must be one of {DISTILL_STYLES}, got {style!r}")
         self.student = student
         self.teacher = teacher
         self.loss_weight = float(loss_weight)
-        self.proj = nn.Linear(student.num_features, teacher.num_features)
-        nn.init.trunc_normal_(self.proj.weight, std=0.02)
-        nn.init.zeros_(self.proj.bias)
+        self.style = style
+        proj = nn.Linear(student.num_features, teacher.num_features)
+        nn.init.trunc_normal_(proj.weight, std=0.02)
+        nn.init.zeros_(proj.bias)
+        if style == "videomamba":
+            self.distill_head = nn.Sequential(RMSNorm(student.num_features, eps=1e-5), proj)
+        else:
+            self.distill_head = proj
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
+
+    @property
+    def proj(self) -> nn.Linear:
+        """The Linear projection student -> teacher channels (the last layer of ``distill_head``)."""
+        return self.distill_head[-1] if isinstance(self.distill_head, nn.Sequential) else self.distill_head
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -53,19 +73,23 @@ class DistillWrapper(nn.Module):
         if target.shape[:2] != feats.shape[:2]:
             raise ValueError(f"teacher tokens {tuple(target.shape[:2])} != student tokens {tuple(feats.shape[:2])}: "
                              "teacher and student need the same patch size, frames and input size")
-        s = F.normalize(self.proj(feats).float(), dim=-1)
+        s = F.normalize(self.distill_head(feats).float(), dim=-1)
         t = F.normalize(target.float(), dim=-1)
-        loss = (1.0 - (s * t).sum(-1)).mean() * self.loss_weight
+        scale = 2.0 if self.style == "videomamba" else 1.0
+        loss = (scale * (1.0 - (s * t).sum(-1))).mean() * self.loss_weight
         return logits, loss
 
 
 def build_distill_wrapper(student, teacher, loss_weight: float = 1.0, teacher_checkpoint=None,
-                          trust_checkpoint: bool = False, log=print) -> DistillWrapper:
+                          trust_checkpoint: bool = False, log=print, style: str = "cosine") -> DistillWrapper:
     """Wrap ``student`` with a frozen ``teacher`` (optionally loading ``teacher_checkpoint`` into it
-    first; its head may be dropped: only features are used)."""
+    first: a file, a zoo tag such as ``videomamba_small_image.in1k`` or an hf-hub: name; its head may be dropped:
+    only features are used)."""
     if teacher_checkpoint is not None:
-        _load_teacher(teacher, teacher_checkpoint, trust_checkpoint, log)
-    return DistillWrapper(student, teacher, loss_weight)
+        from .zoo import resolve_weights
+
+        _load_teacher(teacher, resolve_weights(teacher_checkpoint, log=log), trust_checkpoint, log)
+    return DistillWrapper(student, teacher, loss_weight, style)
 
 
 def _load_teacher(teacher, path, trust_checkpoint, log):

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as torch_checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 import mamba
@@ -30,10 +30,10 @@ from mamba.ops.rms_norm import RMSNorm, rms_norm_fn  # noqa: E402
 
 from .checkpoint import (  # noqa: E402
     inflate_patch_kernel,
-    resize_pos_embed,
     resize_temporal_embedding,
     strip_prefixes,
 )
+from .zoo import HUB_REPO, ZOO  # noqa: E402
 
 __all__ = ["VideoMambaPro", "Block", "PatchEmbed", "checkpoint_filter_fn", "MODEL_SIZES", "PRO_OPTIONS"]
 
@@ -43,17 +43,13 @@ PRO_OPTIONS = dict(bwd_mask=True, residual_start="both", mask_drops_D=False, gat
 VIDEOMAMBA_OPTIONS = dict(PRO_OPTIONS, bwd_mask=False, residual_start="none")
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
 class PatchEmbed(nn.Module):
     """Non-overlapping patches: ``Conv3d`` with kernel = stride = (tubelet, p, p) for video,
     ``Conv2d`` (p, p) for images. Returns ``(B, d, T', h, w)`` or ``(B, d, h, w)``."""
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=192, tubelet_size=1, image=False):
         super().__init__()
-        self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)
+        self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(patch_size)
         if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
@@ -101,6 +97,8 @@ class VideoMambaPro(nn.Module):
     Video input ``(B, 3, T, H, W)`` (T = ``num_frames``), or ``(B, 3, H, W)`` with ``image=True``.
     ``use_checkpoint``: activation checkpointing of the first ``checkpoint_num`` blocks (all blocks
     when ``checkpoint_num <= 0``, so the flag is never silently a no-op).
+    ``init_mode``: ``'default'`` (ours) or ``'videomamba'`` (VideoMamba's from-scratch initialisation, see
+    ``init_weights``).
     """
 
     def __init__(
@@ -108,7 +106,7 @@ class VideoMambaPro(nn.Module):
         num_frames=16, tubelet_size=1, image=False, drop_path_rate=0.0, fc_drop_rate=0.0,
         use_checkpoint=False, checkpoint_num=0, d_state=16, d_conv=4, expand=2, norm_eps=1e-5,
         residual_in_fp32=True, bwd_mask=True, residual_start="both", mask_drops_D=False, gate=True,
-        divide_out=False,
+        divide_out=False, init_mode="default",
     ):
         super().__init__()
         if residual_start not in RESIDUAL_START:
@@ -138,10 +136,21 @@ class VideoMambaPro(nn.Module):
         self.norm_f = RMSNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
+        self.init_weights(init_mode)
 
     @torch.no_grad()
-    def init_weights(self):
+    def init_weights(self, mode: str = "default"):
+        """``default``: pos_embed / cls_token trunc_normal(0.02); Linear weights trunc_normal(0.02) and biases 0
+        except the dt projections (Mamba's dt init, both directions); out_proj scaled by 1 / sqrt(depth).
+
+        ``videomamba``: what VideoMamba's model does from scratch: every Linear weight (dt projections included)
+        trunc_normal(0.02), every Linear bias 0 except the forward dt bias (the backward ``dt_proj_b.bias`` is
+        zeroed: upstream marks only the forward one ``_no_reinit``), ``out_proj`` kaiming_uniform(a=sqrt(5)) /
+        sqrt(depth), pos_embed trunc_normal(0.02), cls_token and temporal embedding 0."""
+        if mode == "videomamba":
+            return self._init_videomamba()
+        if mode != "default":
+            raise ValueError(f"init_mode must be 'default' or 'videomamba', got {mode!r}")
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():
@@ -152,6 +161,20 @@ class VideoMambaPro(nn.Module):
                     nn.init.zeros_(m.bias)
         for layer in self.layers:  # GPT-2 / mamba_ssm prenorm-residual rescale
             layer.mixer.out_proj.weight.div_(math.sqrt(self.depth))
+
+    def _init_videomamba(self):
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.zeros_(self.cls_token)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for layer in self.layers:
+            mixer = layer.mixer
+            mixer._init_dt_proj_bias(mixer.dt_proj)  # the forward dt bias keeps Mamba's init (upstream _no_reinit)
+            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+            mixer.out_proj.weight.div_(math.sqrt(self.depth))
 
     # --- timm / training-engine interface -------------------------------------------------------
     def no_weight_decay(self):
@@ -213,6 +236,11 @@ class VideoMambaPro(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# Heads of VideoMamba's training set-ups that the classifier does not have: dropped on load.
+_FOREIGN_HEADS = {"distill_head": "the self-distillation head of VideoMamba's ImageNet student",
+                  "clip_decoder": "the CLIP-alignment decoder of VideoMamba's masked pretraining"}
+
+
 def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center"):
     """Convert a VideoMamba / VideoMambaPro state dict (any known wrapping) for ``model``.
 
@@ -261,9 +289,19 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
             out["patch_embed.proj.weight"] = w[:, :, 0]
             note("squeezed a tubelet-1 video patch kernel for the image model")
 
+    dropped = sorted({k.split(".")[0] for k in out if k.split(".")[0] in _FOREIGN_HEADS and k not in own})
+    for prefix in dropped:
+        for k in [k for k in out if k.split(".")[0] == prefix]:
+            del out[k]
+        note(f"dropped {prefix}.* ({_FOREIGN_HEADS[prefix]})")
+    if "norm.weight" in out and "norm.weight" not in own and "norm_f.weight" in own and "norm_f.weight" not in out:
+        out["norm_f.weight"] = out.pop("norm.weight")  # VideoMamba's masked-pretraining encoder names it 'norm'
+        note("renamed the pretraining encoder's final norm.weight -> norm_f.weight")
+
     pos = out.get("pos_embed")
     if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
-        out["pos_embed"] = resize_pos_embed(pos, model.patch_embed.grid_size)
+        out["pos_embed"] = resample_abs_pos_embed(pos, list(model.patch_embed.grid_size), num_prefix_tokens=1,
+                                                  interpolation="bicubic", antialias=False)
         note(f"resized pos_embed {tuple(pos.shape)} -> {tuple(out['pos_embed'].shape)} (bicubic)")
 
     temb = out.get("temporal_pos_embedding")
@@ -305,7 +343,20 @@ def _cfg(url="", **kwargs):
 _image = dict(num_classes=1000)
 # (img_size, num_frames) defaults of the small variants; timm's PretrainedCfg has no frame count field.
 _SMALL_INPUT = {"test": (32, 4), "demo": (64, 8)}
+
+
+def _zoo_cfg(e):
+    """The pretrained cfg of a released VideoMamba checkpoint (models.zoo.ZOO): Hub repo + file, classes, size;
+    frames and the published top-1 are in ``notes`` (timm's cfg has no field for them) and in ``models.zoo``."""
+    notes = [f"frames={e.num_frames}" if e.num_frames else "image", f"dataset={e.dataset}",
+             f"published_top1={e.top1}"] + ([e.note] if e.note else [])
+    return _cfg(hf_hub_id=HUB_REPO, hf_hub_filename=e.file, num_classes=e.num_classes,
+                input_size=(3, e.img_size, e.img_size), notes=tuple(notes),
+                origin_url="https://github.com/OpenGVLab/VideoMamba", paper_ids="arXiv:2403.06977")
+
+
 default_cfgs = generate_default_cfgs({
+    **{name: _zoo_cfg(e) for name, e in ZOO.items()},
     **{f"{arch}_{size}": _cfg() for arch in ("videomambapro", "videomamba") for size in ("tiny", "small", "middle")},
     **{f"{arch}_{size}_image": _cfg(**_image)
        for arch in ("videomambapro", "videomamba") for size in ("tiny", "small", "middle")},
@@ -316,6 +367,13 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_videomambapro(variant, pretrained=False, **kwargs):
+    tag = kwargs.get("pretrained_cfg")
+    entry = ZOO.get(f"{variant}.{tag}") if isinstance(tag, str) else None
+    if entry is not None:  # a released checkpoint: its frames / size unless given
+        if entry.num_frames and not variant.endswith("_image") and kwargs.get("num_frames") is None:
+            kwargs["num_frames"] = entry.num_frames
+        if kwargs.get("img_size") is None:
+            kwargs["img_size"] = entry.img_size
     arch, size = variant.split("_")[:2]
     image = variant.endswith("_image")
     embed_dim, depth = MODEL_SIZES[size]

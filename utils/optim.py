@@ -1,7 +1,16 @@
 """Optimizer parameter groups: no weight decay for 1-D/bias/embedding params, layer-wise lr decay.
 
-Layer ids: cls_token / pos_embed / temporal_pos_embedding / patch_embed -> 0; ``layers.{i}`` -> i + 1;
-everything else (norm_f, head, ...) -> num_layers + 1. Group lr scale = decay ** (num_layers + 1 - id).
+Layer ids (``layer_decay_mode='block'``, ours): cls_token / pos_embed / temporal_pos_embedding / patch_embed -> 0;
+``layers.{i}`` -> i + 1; everything else (norm_f, head, ...) -> num_layers + 1. Group lr scale =
+decay ** (num_layers + 1 - id).
+
+``layer_decay_mode='videomamba'`` reproduces what VideoMamba's video fine-tuning effectively does: its per-block
+branch is commented out upstream, so only ``patch_embed.*``, ``cls_token``, ``pos_embed`` (and ``mask_token``)
+get id 0 (scale decay ** (num_layers + 1)) and every other parameter, blocks and ``temporal_pos_embedding``
+included, trains at the full lr.
+
+``decay_ssm=True`` gives ``A_log`` / ``A_b_log`` weight decay as upstream does (its grouping only skips 1-D
+params, biases and the model's ``no_weight_decay`` names, and ``A_log`` is 2-D); ``D`` stays 1-D, undecayed.
 """
 from __future__ import annotations
 
@@ -14,9 +23,16 @@ NO_WD_NAMES = ("pos_embed", "cls_token", "temporal_pos_embedding")
 _EMBED_PREFIXES = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed", "dist_token", "mask_token")
 _EMBED_RE = re.compile(r"(?:^|\.)(?:" + "|".join(_EMBED_PREFIXES) + r")(?:\.|$)")
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")
+LAYER_DECAY_MODES = ("block", "videomamba")
+_UPSTREAM_EMBED_RE = re.compile(r"^(?:cls_token|mask_token|pos_embed)$|^patch_embed\.")
+SSM_DECAY_NAMES = ("A_log", "A_b_log")
 
 
-def get_layer_id(name: str, num_layers: int) -> int:
+def get_layer_id(name: str, num_layers: int, mode: str = "block") -> int:
+    if mode == "videomamba":
+        return 0 if _UPSTREAM_EMBED_RE.search(name) else num_layers + 1
+    if mode != "block":
+        raise ValueError(f"layer decay mode must be one of {LAYER_DECAY_MODES}, got {mode!r}")
     if _EMBED_RE.search(name):
         return 0
     m = _LAYER_RE.search(name)
@@ -30,14 +46,17 @@ def _model_no_weight_decay(model: nn.Module) -> set:
     return set(fn()) if callable(fn) else set()
 
 
-def skip_weight_decay(name: str, param: torch.Tensor, skip_list: set) -> bool:
+def skip_weight_decay(name: str, param: torch.Tensor, skip_list: set, decay_ssm: bool = False) -> bool:
     base = name.split(".")[-1]
+    if decay_ssm and base in SSM_DECAY_NAMES and param.ndim > 1:
+        return False
     return (param.ndim <= 1 or name.endswith(".bias") or base in NO_WD_NAMES or name in skip_list
             or base in skip_list or bool(getattr(param, "_no_weight_decay", False)))
 
 
 def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
-                             num_layers: int | None = None, skip_list=()) -> list[dict]:
+                             num_layers: int | None = None, skip_list=(), mode: str = "block",
+                             decay_ssm: bool = False) -> list[dict]:
     """Groups keyed by (layer id, decay/no-decay), each with ``lr_scale`` and ``weight_decay``.
 
     Every group also carries ``param_names`` (for tests and logs; strip before handing to DeepSpeed
@@ -47,12 +66,14 @@ def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay:
         fn = getattr(model, "get_num_layers", None)
         num_layers = fn() if callable(fn) else len(getattr(model, "layers", []))
     skip = set(skip_list) | _model_no_weight_decay(model)
+    if decay_ssm:
+        skip = {n for n in skip if n.split(".")[-1] not in SSM_DECAY_NAMES}
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_wd = skip_weight_decay(name, p, skip)
-        lid = get_layer_id(name, num_layers) if layer_decay < 1.0 else 0
+        no_wd = skip_weight_decay(name, p, skip, decay_ssm)
+        lid = get_layer_id(name, num_layers, mode) if layer_decay < 1.0 else 0
         scale = layer_decay ** (num_layers + 1 - lid) if layer_decay < 1.0 else 1.0
         key = f"layer_{lid}_{'no_decay' if no_wd else 'decay'}"
         if key not in groups:
@@ -63,10 +84,18 @@ def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay:
     return list(groups.values())
 
 
+def param_groups_from_args(model: nn.Module, args, num_layers: int | None = None) -> list[dict]:
+    """``param_groups_layer_decay`` with every grouping flag read from ``args`` (``weight_decay``, ``layer_decay``,
+    ``layer_decay_mode``, ``weight_decay_ssm``); the one call the training driver makes."""
+    return param_groups_layer_decay(model, args.weight_decay, getattr(args, "layer_decay", 1.0) or 1.0, num_layers,
+                                    mode=getattr(args, "layer_decay_mode", None) or "block",
+                                    decay_ssm=bool(getattr(args, "weight_decay_ssm", False)))
+
+
 def create_optimizer(args, model: nn.Module, param_groups: list[dict] | None = None) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD over layer-decayed groups; every optimizer flag is honoured or rejected."""
     if param_groups is None:
-        param_groups = param_groups_layer_decay(model, args.weight_decay, getattr(args, "layer_decay", 1.0) or 1.0)
+        param_groups = param_groups_from_args(model, args)
     groups = [{k: v for k, v in g.items() if k != "param_names"} for g in param_groups]
     opt = args.opt.lower()
     kw = {"lr": args.lr}

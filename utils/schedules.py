@@ -30,3 +30,26 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
 def scaled_lr(lr: float, batch_size: int, update_freq: int, world_size: int, num_sample: int = 1) -> float:
     """Linear LR scaling rule: ``lr * batch_size * update_freq * world_size * num_sample / 256``."""
     return lr * batch_size * update_freq * world_size * num_sample / 256.0
+
+
+LR_SCALE_RULES = ("linear256", "deit512")
+
+
+def scale_lrs(args, world_size: int) -> dict:
+    """The effective ``lr`` / ``min_lr`` / ``warmup_lr`` for ``args.lr_scale_rule`` (returned, not set).
+
+    ``linear256`` (VideoMAE / VideoMamba video fine-tuning): all three are multiplied by
+    ``batch_size * update_freq * world_size * num_sample / 256``.
+    ``deit512`` (DeiT / VideoMamba ImageNet ``main.py``): only ``lr`` is multiplied, by
+    ``batch_size * world_size / 512``; ``min_lr`` and ``warmup_lr`` are absolute values.
+    """
+    rule = getattr(args, "lr_scale_rule", None) or "linear256"
+    if rule == "linear256":
+        f = args.batch_size * args.update_freq * world_size * getattr(args, "num_sample", 1) / 256.0
+        return {"lr": args.lr * f, "min_lr": args.min_lr * f, "warmup_lr": args.warmup_lr * f, "factor": f,
+                "rule": "x batch x update_freq x world x num_sample / 256 (lr, min_lr and warmup_lr)"}
+    if rule == "deit512":
+        f = args.batch_size * world_size / 512.0
+        return {"lr": args.lr * f, "min_lr": args.min_lr, "warmup_lr": args.warmup_lr, "factor": f,
+                "rule": "x batch x world / 512 (lr only; min_lr and warmup_lr unscaled, as DeiT)"}
+    raise ValueError(f"--lr_scale_rule must be one of {LR_SCALE_RULES}, got {rule!r}")

@@ -96,18 +96,18 @@ class BiMamba(nn.Module):
             nn.init.constant_(proj.weight, std)
         else:
             nn.init.uniform_(proj.weight, -std, std)
-        lo, hi = math.log(c["dt_min"]), math.log(c["dt_max"])
-        dt = torch.exp(torch.rand(self.d_inner, device=proj.bias.device) * (hi - lo) + lo).clamp(min=c["floor"])
-        inv_dt = dt + torch.log(-torch.expm1(-dt))  # softplus^-1
-        proj.bias.copy_(inv_dt)
+        self._init_dt_proj_bias(proj)
         # A generic Linear init (trunc-normal weight, zero bias) must leave these alone.
         proj.weight._no_reinit = True
         proj.bias._no_reinit = True
 
-    def reset_dt_parameters(self):
-        """Re-draw the dt_proj weights/biases of both directions with the Mamba init."""
-        for proj in (self.dt_proj, self.dt_proj_b):
-            self._init_dt_proj(proj)
+    @torch.no_grad()
+    def _init_dt_proj_bias(self, proj: nn.Linear):
+        """dt bias such that softplus(bias) is log-uniform in [dt_min, dt_max] (Mamba's dt init)."""
+        c = self._dt_init
+        lo, hi = math.log(c["dt_min"]), math.log(c["dt_max"])
+        dt = torch.exp(torch.rand(self.d_inner, device=proj.bias.device) * (hi - lo) + lo).clamp(min=c["floor"])
+        proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
 
     def _direction(self, x, conv, x_proj, dt_proj, reverse):
         """x: (b, E, l) -> u, delta (b, E, l), B, C (b, N, l) for one direction, natural order."""

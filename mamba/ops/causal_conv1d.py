@@ -19,8 +19,6 @@ import torch.nn.functional as F
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_ref"]
 
-INSTALL_HINT = "pip install causal-conv1d --no-build-isolation (needs a CUDA GPU and nvcc)"
-
 _cuda_fn = None
 _cuda_checked = False
 
