@@ -24,6 +24,9 @@ def _capture(cmd, tmp_path, **env):
     out = tmp_path / "argv"
     e = dict(os.environ, DRY_RUN="1", PYTHON=_shim(tmp_path), ARGV_OUT=str(out), OUTPUT_DIR=str(tmp_path / "out"),
              **env)
+    for k in ("GPUS", "NNODES", "FINETUNE"):
+        if k not in env:
+            e.pop(k, None)
     res = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     return out.read_bytes().decode().split("\0")[:-1]
@@ -86,9 +89,19 @@ def test_torchrun_is_the_default_launcher(tmp_path):
     env.pop("DRY_RUN", None)
     subprocess.run(["bash", os.path.join(ROOT, "exp/k400/videomambapro_tiny_f8_res224.sh")], env=env, check=True)
     argv = out.read_bytes().decode().split("\0")[:-1]
-    assert argv[:5] == ["--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
+    # GPUS is the total over the nodes: 4 GPUs on 2 nodes = 2 processes per node
+    assert argv[:5] == ["--nproc_per_node=2", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
                         "--master_port=29999"]
     assert argv[5].endswith("run_class_finetuning.py")
+    env.pop("GPUS")
+    env.pop("NNODES")
+    subprocess.run(["bash", os.path.join(ROOT, "exp/k400/videomambapro_middle_f16_res224.sh")], env=env, check=True)
+    argv = out.read_bytes().decode().split("\0")[:-1]
+    assert argv[0] == "--nproc_per_node=16"  # the recipe's own GPU count (VideoMamba's), one node by default
+    env.update(GPUS="6", NNODES="4")
+    res = subprocess.run(["bash", os.path.join(ROOT, "exp/k400/videomambapro_tiny_f8_res224.sh")], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "not a multiple of NNODES" in res.stderr
 
 
 def test_slurm_wrapper_runs_recipe_per_task(tmp_path):

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Kinetics-400 fine-tuning: VideoMambaPro-Ti, 16 frames x 224.
-# Hyper-parameters: VideoMamba's recipe (OpenGVLab/VideoMamba videomamba/video_sm/exp/k400/videomamba_tiny/run_f16x224.sh).
+# Kinetics-400 fine-tuning: VideoMambaPro-Ti, 16 frames x 224, from ImageNet-1K.
+# Recipe: VideoMamba's videomamba/video_sm/exp/k400/videomamba_tiny/run_f16x224.sh (OpenGVLab/VideoMamba), same hyper-parameters on the same total batch;
+# exp/RECIPES.md lists every recipe against upstream (tests/test_recipes_upstream.py fails on drift).
+# Total batch: GPUS 8 x batch_size 64 x update_freq 1 x num_sample 2 = 1024 clips; effective lr 2e-4 x 1024 / 256 = 0.0008.
+# Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=4 bash exp/k400/videomambapro_tiny_f16_res224.sh --update_freq 2.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
-DATA_PATH="${DATA_PATH:-your_k400_list_dir}"   # folder with train.csv / val.csv / test.csv
+GPUS="${GPUS:-8}"   # total GPUs (VideoMamba ran 8); several nodes: NNODES=N NODE_RANK=i MASTER_ADDR=host
+DATA_PATH="${DATA_PATH:-your_k400_list_dir}"   # folder with train.csv / val.csv / test.csv (video_path,label)
 DATA_ROOT="${DATA_ROOT:-your_k400_video_root}"   # prefix joined to the relative paths in the lists
 OUTPUT_DIR="${OUTPUT_DIR:-$REPO_ROOT/work_dirs/videomambapro_tiny_f16_res224}"
-FINETUNE="${FINETUNE:-}"   # ImageNet-pretrained videomambapro_tiny_image checkpoint (exp/imagenet/); empty: from scratch
-if [ -n "$FINETUNE" ]; then set -- --finetune "$FINETUNE" "$@"; fi
+FINETUNE="${FINETUNE:-videomamba_tiny.in1k}"   # released ImageNet-1K weights (Hub, by tag); a file; or none: from scratch
 
 launch run_class_finetuning.py \
     --model videomambapro_tiny \
+    --finetune "$FINETUNE" \
     --data_set 'Kinetics-400' \
     --nb_classes 400 \
     --split ',' \
-    --batch_size 32 \
+    --batch_size 64 \
+    --update_freq 1 \
     --num_sample 2 \
     --input_size 224 \
     --short_side_size 224 \
@@ -24,11 +29,18 @@ launch run_class_finetuning.py \
     --epochs 70 \
     --warmup_epochs 5 \
     --lr 2e-4 \
+    --min_lr 1e-6 \
+    --warmup_lr 1e-6 \
     --drop_path 0.1 \
     --aa rand-m5-n2-mstd0.25-inc1 \
     --opt adamw \
     --opt_betas 0.9 0.999 \
     --weight_decay 0.1 \
+    --layer_decay 0.75 \
+    --layer_decay_mode videomamba \
+    --weight_decay_ssm \
+    --init videomamba \
+    --lr_scale_rule linear256 \
     --save_ckpt_freq 100 \
     --num_workers 12 \
     --test_num_segment 4 \

@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # Kinetics-400: VideoMambaPro-Ti 64 frames, 224 -> 384 resolution fine-tuning.
-# Hyper-parameters: VideoMamba's recipe (OpenGVLab/VideoMamba videomamba/video_sm/exp/k400/videomamba_tiny/run_f64x224to384.sh).
+# Recipe: VideoMamba's videomamba/video_sm/exp/k400/videomamba_tiny/run_f64x224to384.sh (OpenGVLab/VideoMamba), same hyper-parameters on the same total batch;
+# exp/RECIPES.md lists every recipe against upstream (tests/test_recipes_upstream.py fails on drift).
+# Total batch: GPUS 16 x batch_size 6 x update_freq 1 x num_sample 2 = 192 clips; effective lr 5e-6 x 192 / 256 = 3.75e-06.
+# Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=8 bash exp/k400/videomambapro_tiny_f64_res384.sh --update_freq 2.
+# Upstream's tiny script names model videomamba_small with the Ti checkpoint (a slip): Ti here.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
-DATA_PATH="${DATA_PATH:-your_k400_list_dir}"   # folder with train.csv / val.csv / test.csv
+GPUS="${GPUS:-16}"   # total GPUs (VideoMamba ran 16); several nodes: NNODES=N NODE_RANK=i MASTER_ADDR=host
+DATA_PATH="${DATA_PATH:-your_k400_list_dir}"   # folder with train.csv / val.csv / test.csv (video_path,label)
 DATA_ROOT="${DATA_ROOT:-your_k400_video_root}"   # prefix joined to the relative paths in the lists
 OUTPUT_DIR="${OUTPUT_DIR:-$REPO_ROOT/work_dirs/videomambapro_tiny_f64_res384}"
-FINETUNE="${FINETUNE:-$REPO_ROOT/work_dirs/videomambapro_tiny_f64_res224/checkpoint-best.pth}"   # the 64x224 model
-set -- --finetune "$FINETUNE" "$@"
+FINETUNE="${FINETUNE:-$REPO_ROOT/work_dirs/videomambapro_tiny_f64_res224/checkpoint-best.pth}"   # our 64x224 run (upstream starts from its own 64x224 model)
 
 launch run_class_finetuning.py \
     --model videomambapro_tiny \
+    --finetune "$FINETUNE" \
     --data_set 'Kinetics-400' \
     --nb_classes 400 \
     --split ',' \
     --batch_size 6 \
+    --update_freq 1 \
     --num_sample 2 \
     --input_size 384 \
     --short_side_size 384 \
@@ -25,11 +31,18 @@ launch run_class_finetuning.py \
     --epochs 10 \
     --warmup_epochs 2 \
     --lr 5e-6 \
+    --min_lr 1e-6 \
+    --warmup_lr 1e-6 \
     --drop_path 0.1 \
     --aa rand-m5-n2-mstd0.25-inc1 \
     --opt adamw \
     --opt_betas 0.9 0.999 \
     --weight_decay 1e-8 \
+    --layer_decay 0.75 \
+    --layer_decay_mode videomamba \
+    --weight_decay_ssm \
+    --init videomamba \
+    --lr_scale_rule linear256 \
     --save_ckpt_freq 100 \
     --num_workers 12 \
     --test_num_segment 4 \

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Something-Something V2: VideoMambaPro-M 16 frames, 224 -> 288 resolution fine-tuning.
-# Hyper-parameters: VideoMamba's recipe (OpenGVLab/VideoMamba videomamba/video_sm/exp/ssv2/videomamba_middle/run_f16x224to288.sh).
+# Recipe: VideoMamba's videomamba/video_sm/exp/ssv2/videomamba_middle/run_f16x224to288.sh (OpenGVLab/VideoMamba), same hyper-parameters on the same total batch;
+# exp/RECIPES.md lists every recipe against upstream (tests/test_recipes_upstream.py fails on drift).
+# Total batch: GPUS 16 x batch_size 6 x update_freq 1 x num_sample 2 = 192 clips; effective lr 5e-6 x 192 / 256 = 3.75e-06.
+# Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=8 bash exp/ssv2/videomambapro_middle_f16_res288.sh --update_freq 2.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
-DATA_PATH="${DATA_PATH:-your_ssv2_list_dir}"   # folder with train.csv / val.csv / test.csv
-DATA_ROOT="${DATA_ROOT:-your_ssv2_video_root}"   # prefix joined to the relative paths in the lists
+GPUS="${GPUS:-16}"   # total GPUs (VideoMamba ran 16); several nodes: NNODES=N NODE_RANK=i MASTER_ADDR=host
+DATA_PATH="${DATA_PATH:-your_ssv2_list_dir}"   # train.csv / val.csv / test.csv: "frame_folder total_frames label" rows
+DATA_ROOT="${DATA_ROOT:-your_ssv2_rawframes_root}"   # prefix joined to the frame folders
+SSV2_FORMAT="${SSV2_FORMAT:-rawframes}"   # rawframes (the convention) or videos ("video_path label" lists)
+if [ "$SSV2_FORMAT" = videos ]; then set -- --use_decord "$@"; else set -- --no_use_decord "$@"; fi
 OUTPUT_DIR="${OUTPUT_DIR:-$REPO_ROOT/work_dirs/ssv2_videomambapro_middle_f16_res288}"
-FINETUNE="${FINETUNE:-$REPO_ROOT/work_dirs/ssv2_videomambapro_middle_f16_res224/checkpoint-best.pth}"   # the SSV2 16x224 model
-set -- --finetune "$FINETUNE" "$@"
+FINETUNE="${FINETUNE:-$REPO_ROOT/work_dirs/ssv2_videomambapro_middle_f16_res224/checkpoint-best.pth}"   # our SSV2 16x224 run (upstream starts from its own 16x224 model)
 
 launch run_class_finetuning.py \
     --model videomambapro_middle \
+    --finetune "$FINETUNE" \
     --data_set 'SSV2' \
     --nb_classes 174 \
     --batch_size 6 \
+    --update_freq 1 \
     --num_sample 2 \
     --input_size 288 \
     --short_side_size 288 \
@@ -24,10 +31,17 @@ launch run_class_finetuning.py \
     --epochs 10 \
     --warmup_epochs 2 \
     --lr 5e-6 \
+    --min_lr 1e-6 \
+    --warmup_lr 1e-6 \
     --drop_path 0.8 \
     --opt adamw \
     --opt_betas 0.9 0.999 \
     --weight_decay 1e-8 \
+    --layer_decay 0.75 \
+    --layer_decay_mode videomamba \
+    --weight_decay_ssm \
+    --init videomamba \
+    --lr_scale_rule linear256 \
     --save_ckpt_freq 100 \
     --num_workers 12 \
     --test_num_segment 2 \
