@@ -4,7 +4,8 @@
     backend.model_without_ddp the bare nn.Module (for EMA, state dicts)
     backend.optimizer        has .param_groups (lr / weight decay are set per step by the engine loop)
     backend.autocast()       context manager for the forward pass
-    backend.prepare_input(x) cast inputs for the backend (DeepSpeed bf16 wants bf16 inputs)
+    cast_input(x, model)     the one input cast (device and dtype follow the model's parameters: bf16 under
+                             DeepSpeed bf16, fp32 under native autocast), used by every path that calls a model
     backend.backward_step(loss, update: bool) -> grad norm (float) or None when no update happened
     backend.save(output_dir, epoch, client_state, names) / backend.load(...)
     backend.loss_scale()     current loss scale (or None)
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import torch
 import torch.nn as nn
 
-from utils.checkpoint_io import atomic_save, to_plain
-from utils.distributed import is_main_process
+from utils.checkpoint_io import atomic_save, check_deepspeed_tag, deepspeed_loader, list_deepspeed_tags, to_plain
+from utils.distributed import barrier, is_main_process
 
 
 def amp_dtype(args) -> torch.dtype | None:
@@ -35,11 +37,26 @@ def amp_dtype(args) -> torch.dtype | None:
     return None
 
 
+def cast_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Move a batch to the model's device and floating dtype (the engine's dtype).
+
+    Native AMP keeps fp32 weights and casts inside autocast, so inputs stay fp32; DeepSpeed bf16/fp16 holds the
+    module in half precision and has no autocast, so its inputs must be cast. Following the parameters covers
+    both, and an fp32 EMA copy evaluated beside a bf16 engine too. Integer tensors only move.
+    """
+    p = next((t for t in model.parameters() if t.is_floating_point()), None)
+    if p is None:
+        return x
+    if x.is_floating_point():
+        return x.to(device=p.device, dtype=p.dtype, non_blocking=True)
+    return x.to(device=p.device, non_blocking=True)
+
+
 def grad_norm_of(params) -> float:
-    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    return float(torch.norm(torch.stack([g.norm(2) for g in grads]), 2).item())
+    return float(torch.nn.utils.get_total_norm(grads, 2.0).item())
 
 
 class NativeBackend:
@@ -64,9 +81,6 @@ class NativeBackend:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    def prepare_input(self, x):
-        return x
 
     def no_sync(self, update: bool):
         if not update and isinstance(self.model, nn.parallel.DistributedDataParallel):
@@ -118,7 +132,7 @@ class NativeBackend:
         return paths
 
     def load(self, ckpt: dict, path: str, load_optimizer: bool = True, log=print) -> None:
-        self.model_without_ddp.load_state_dict(ckpt["model"])
+        self.model_without_ddp.load_state_dict(ckpt.get("model", ckpt.get("module")))
         if load_optimizer:
             if "optimizer" not in ckpt:
                 raise RuntimeError(f"{path}: has no optimizer state; it cannot be resumed (use --finetune to "
@@ -142,6 +156,8 @@ class DeepSpeedBackend:
         _, cfg = write_deepspeed_config(args)
         groups = [{k: v for k, v in g.items() if k != "param_names"} for g in param_groups]
         self.model, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=cfg)
+        # DeepSpeed reads its tag files with full unpickling; route every read through our weights-only reader
+        self.model.checkpoint_engine.load = deepspeed_loader(getattr(args, "trust_checkpoint", False))
         self.model_without_ddp = self.model.module
         self.dtype = torch.bfloat16 if cfg.get("bf16", {}).get("enabled") else (
             torch.float16 if cfg.get("fp16", {}).get("enabled") else None)
@@ -150,9 +166,6 @@ class DeepSpeedBackend:
 
     def autocast(self):
         return contextlib.nullcontext()
-
-    def prepare_input(self, x):
-        return x.to(self.dtype) if self.dtype is not None else x
 
     def backward_step(self, loss: torch.Tensor, update: bool):
         self.model.backward(loss)
@@ -175,18 +188,24 @@ class DeepSpeedBackend:
 
     def save(self, output_dir: str, epoch: int, client_state: dict, names: list[str], tag: bool = True) -> list[str]:
         """DeepSpeed tag folder checkpoint-{epoch}/ (all ranks; skipped with tag=False, e.g. for a mid-epoch
-        emergency save) plus the plain {'model': ...} exports written atomically on rank 0."""
+        emergency save or the best export) plus the plain {'model': ...} exports written atomically on rank 0.
+
+        Retention matches the native engine: once the new tag is complete on every rank, older tags are deleted
+        except those of epochs whose ``checkpoint-{epoch}.pth`` is kept (every --save_ckpt_freq epochs)."""
         paths = []
-        if tag:
-            name = f"checkpoint-{epoch}"
-            self.model.save_checkpoint(output_dir, tag=name, client_state=to_plain(dict(client_state, epoch=epoch)))
-            paths.append(os.path.join(output_dir, name))
         if is_main_process():
             export = dict(client_state, model=self.model_without_ddp.state_dict(), epoch=epoch)
             for n in names:
                 p = os.path.join(output_dir, n)
                 atomic_save(export, p)
                 paths.append(p)
+        if tag:
+            name = f"checkpoint-{epoch}"
+            self.model.save_checkpoint(output_dir, tag=name, client_state=to_plain(dict(client_state, epoch=epoch)))
+            paths.append(os.path.join(output_dir, name))
+            barrier("DeepSpeed checkpoint save")
+            if is_main_process():
+                prune_deepspeed_tags(output_dir, keep=os.path.join(output_dir, name))
         return paths
 
     def load_tag(self, output_dir: str, tag: str) -> dict:
@@ -199,7 +218,23 @@ class DeepSpeedBackend:
         if load_optimizer:
             log(f"{path}: a plain export has no DeepSpeed optimizer state; loading the model weights only "
                 f"(resume DeepSpeed runs from their checkpoint-N/ tag folder)")
-        self.model_without_ddp.load_state_dict(ckpt["model"])
+        self.model_without_ddp.load_state_dict(ckpt.get("model", ckpt.get("module")))
+
+
+def prune_deepspeed_tags(output_dir: str, keep: str) -> list[str]:
+    """Delete tag folders older than ``keep`` (which must be complete) unless their epoch's
+    ``checkpoint-{epoch}.pth`` export is kept. Returns the deleted folders."""
+    if check_deepspeed_tag(keep) is not None:
+        return []
+    deleted = []
+    for folder in list_deepspeed_tags(output_dir):
+        if folder == keep or os.path.isfile(folder + ".pth"):
+            continue
+        if int(folder.rsplit("-", 1)[1]) > int(keep.rsplit("-", 1)[1]):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        deleted.append(folder)
+    return deleted
 
 
 def build_backend(args, model: nn.Module, param_groups: list[dict], optimizer_factory):

@@ -1,10 +1,17 @@
 """Fine-tuning loops: train_one_epoch, evaluate (single view), final_test (multi-view files) and merge.
 
-Batches follow the datasets contract: train (clip, label, index, n_replaced), val (clip, label, id, ok),
-test (clip, label, id, chunk_nb, split_nb, ok); ImageNet batches are (img, label).
+Batches follow the datasets contract: train (clip, label, index, bad), val (clip, label, id, ok),
+test (clip, label, id, chunk_nb, split_nb, ok); ImageNet batches are (img, label). ``bad`` is, per item,
+the unreadable files that item replaced, newline-joined ('' when none).
+
+Every model call goes through ``engines.backends.cast_input`` (device and dtype follow the model).
+Unreadable items: training caps the number of distinct unreadable files of the run (all workers and
+ranks) at --max_bad_samples; validation and the multi-view test report unreadable videos by name and
+count them as misses, the same way (``report_unreadable``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,24 +21,55 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from utils.distributed import all_reduce_sum, get_rank
+from utils.distributed import all_gather_object, all_reduce_sum, get_rank, is_main_process
+from utils.errors import TooManyBadSamplesError
 from utils.logger import MetricLogger, SmoothedValue
+
+from .backends import cast_input
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised on every rank when any rank saw a non-finite loss (after the state was saved)."""
 
 
-class TooManyBadSamplesError(RuntimeError):
-    """Raised when more than --max_bad_samples unreadable training samples were replaced in total."""
+def bad_files_of(batch) -> list[str]:
+    """The unreadable files named in a train batch's 4th element (per-item newline-joined strings)."""
+    if len(batch) < 4:
+        return []
+    field = batch[3]
+    if isinstance(field, str):
+        field = [field]
+    out = []
+    for item in field:
+        if isinstance(item, str) and item:
+            out.extend(p for p in item.split("\n") if p)
+    return out
 
 
-def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[torch.Tensor]:
-    """Top-k accuracy in percent; k is capped at the number of classes."""
-    maxk = min(max(topk), output.shape[1])
-    _, pred = output.topk(maxk, 1, True, True)
-    correct = pred.t().eq(target.reshape(1, -1).expand_as(pred.t()))
-    return [correct[: min(k, maxk)].reshape(-1).float().sum() * 100.0 / max(target.shape[0], 1) for k in topk]
+class BadFileTracker:
+    """The run's distinct unreadable training files, across DataLoader workers, ranks, epochs and resumes.
+
+    ``update(local_new)`` is a collective (call it on every rank when any rank may have new names): it unions
+    the names, logs each new one once (rank 0), and raises TooManyBadSamplesError past ``limit``.
+    """
+
+    def __init__(self, limit: int, known=(), list_file: str = ""):
+        self.limit, self.list_file = int(limit), list_file
+        self.files = set(known)
+
+    def update(self, local_new, epoch: int) -> int:
+        gathered = all_gather_object(sorted(set(local_new) - self.files), name="unreadable training files")
+        new = sorted({p for names in gathered for p in names} - self.files)
+        for p in new:
+            print(f"unreadable training file (replaced by another sample; logged once): {p}")
+        self.files.update(new)
+        if len(self.files) > self.limit:
+            shown = ", ".join(sorted(self.files)[:10]) + (" ..." if len(self.files) > 10 else "")
+            raise TooManyBadSamplesError(
+                f"{len(self.files)} distinct unreadable training files{' in ' + self.list_file if self.list_file else ''}"
+                f" (epoch {epoch}), more than --max_bad_samples {self.limit}: {shown}. Fix or remove them from the "
+                f"list, or raise --max_bad_samples")
+        return len(new)
 
 
 def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[int]:
@@ -54,12 +92,13 @@ def _to_list(x):
 
 def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedule, wd_schedule=None,
                     start_steps: int = 0, num_training_steps_per_epoch: int | None = None, mixup_fn=None,
-                    model_ema=None, log_writer=None, on_nonfinite=None, bad_so_far: int = 0,
+                    model_ema=None, log_writer=None, on_nonfinite=None, bad_files: BadFileTracker | None = None,
                     print_freq: int = 10, max_steps: int | None = None) -> dict:
     """One epoch; lr/wd set per optimizer step from the schedules (index = global optimizer step).
 
     ``on_nonfinite(epoch, step)`` is called on every rank (it saves state, rank-aware) before raising
-    NonFiniteLossError. Returns averaged meters plus ``n_replaced`` (summed over ranks).
+    NonFiniteLossError. Returns averaged meters plus ``n_new_bad_files`` (distinct unreadable files first seen
+    this epoch, all ranks). ``bad_files`` keeps the run's set and enforces --max_bad_samples on it.
     """
     model = backend.model
     model.train(True)
@@ -74,13 +113,15 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     metric_logger.add_meter("min_lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     header = f"Epoch: [{epoch}]"
-    epoch_replaced = 0
+    if bad_files is None:
+        bad_files = BadFileTracker(getattr(args, "max_bad_samples", 10))
+    n_new_bad = 0
     backend.optimizer.zero_grad(set_to_none=True)
     data_iter = iter(data_loader)
     for data_iter_step in metric_logger.log_every(range(n_iters), print_freq, header):
         batch = next(data_iter)
         samples, targets = batch[0], batch[1]
-        n_rep = int(torch.as_tensor(batch[3]).sum().item()) if len(batch) >= 4 else 0
+        local_bad = set(bad_files_of(batch)) - bad_files.files
         step = data_iter_step // update_freq
         it = start_steps + step
         if data_iter_step % update_freq == 0:
@@ -93,7 +134,7 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
         with backend.autocast():
-            output = model(backend.prepare_input(samples))
+            output = model(cast_input(samples, model))
             aux = None
             if isinstance(output, (tuple, list)):  # (logits, auxiliary loss), e.g. the distillation wrapper
                 output, aux = output
@@ -101,10 +142,12 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
             if aux is not None:
                 loss = loss + aux.float()
         loss_value = float(loss.item())
-        # one all-reduce per step: any rank non-finite stops all ranks; replaced-sample counts summed.
-        flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(n_rep)],
-                                            dtype=torch.float64))
-        epoch_replaced += int(flags[1].item())
+        # one all-reduce per step (a CPU tensor: gloo carries it beside NCCL): any rank non-finite stops all
+        # ranks; when any rank met new unreadable files, the names are gathered and the run's cap checked.
+        flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(len(local_bad))],
+                                            dtype=torch.float64), name="train step flags")
+        if flags[1].item() > 0:
+            n_new_bad += bad_files.update(local_bad, epoch)
         if flags[0].item() > 0:
             msg = (f"non-finite loss ({loss_value} on rank {get_rank()}) at epoch {epoch}, step {data_iter_step} "
                    f"(optimizer step {it}); stopping all ranks")
@@ -113,10 +156,6 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
             sys.stderr.write(msg + "\n")
             sys.stderr.flush()
             raise NonFiniteLossError(msg)
-        if bad_so_far + epoch_replaced > int(getattr(args, "max_bad_samples", 10)):
-            raise TooManyBadSamplesError(
-                f"{bad_so_far + epoch_replaced} unreadable training samples were replaced so far (epoch {epoch}), "
-                f"more than --max_bad_samples {args.max_bad_samples}; fix the data (the dataset logged the names)")
         update = (data_iter_step + 1) % update_freq == 0
         grad_norm = backend.backward_step(loss, update)
         if update and model_ema is not None:
@@ -140,26 +179,47 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger)
     stats = {k: m.global_avg for k, m in metric_logger.meters.items()}
-    stats["n_replaced"] = epoch_replaced
+    stats["n_new_bad_files"] = n_new_bad
     return stats
 
 
+def report_unreadable(what: str, names, top1: float, top1_readable: float, log=print) -> None:
+    """The one report of unreadable evaluation videos (validation and multi-view test alike)."""
+    names = sorted(names)
+    if not names:
+        return
+    log(f"{what}: {len(names)} videos could not be read and count as misses: {', '.join(names[:20])}"
+        f"{' ...' if len(names) > 20 else ''} (top-1 {top1:.3f} over all, {top1_readable:.3f} over readable "
+        f"videos only)")
+
+
 @torch.no_grad()
-def evaluate(data_loader, model, device, autocast=None, header: str = "Val:", print_freq: int = 10) -> dict:
-    """Single-view evaluation: loss, top-1, top-5 over readable items; ok=False items are excluded and counted."""
+def evaluate(data_loader, model, autocast=None, header: str = "Val:", print_freq: int = 10,
+             distributed: bool = True, log=print) -> dict:
+    """Single-view evaluation: loss, top-1, top-5.
+
+    Unreadable items (ok=False, which the datasets return only with --skip_bad_test) count as misses and are
+    reported by name, as in the multi-view test; ``acc1_readable`` is top-1 over the readable ones, ``loss``
+    is over readable items. ``distributed``: the loader holds this rank's shard and totals are summed over
+    ranks; False: every rank evaluated the whole set and nothing is summed (the count stays the list length).
+    """
     criterion = torch.nn.CrossEntropyLoss(reduction="sum")
     metric_logger = MetricLogger(delimiter="  ")
     model.eval()
-    totals = torch.zeros(5, dtype=torch.float64)  # n, loss_sum, correct1, correct5, n_skipped
+    totals = torch.zeros(5, dtype=torch.float64)  # n_readable, loss_sum, correct1, correct5, n_unreadable
+    bad_ids: list[str] = []
     for batch in metric_logger.log_every(data_loader, print_freq, header):
-        images, target = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        images, target = batch[0], batch[1]
         ok = torch.as_tensor(batch[3], dtype=torch.bool) if len(batch) >= 4 else torch.ones(len(target), dtype=torch.bool)
-        ok = ok.to(device)
+        if not ok.all():
+            ids = _to_list(batch[2])
+            bad_ids.extend(str(ids[i]) for i in range(len(ids)) if not bool(ok[i]))
         totals[4] += float((~ok).sum().item())
         if not ok.any():
             continue
-        images, target = images[ok], target[ok]
-        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+        images = cast_input(images[ok], model)
+        target = target[ok].to(images.device, non_blocking=True)
+        with autocast() if autocast is not None else contextlib.nullcontext():
             output = model(images)
         output = _logits(output).float()
         c1, c5 = correct_topk(output, target, topk=(1, 5))
@@ -169,18 +229,24 @@ def evaluate(data_loader, model, device, autocast=None, header: str = "Val:", pr
         totals[2] += c1
         totals[3] += c5
         metric_logger.update(acc1=100.0 * c1 / n, acc5=100.0 * c5 / n)
-    all_reduce_sum(totals)
-    n = max(totals[0].item(), 1.0)
-    stats = {"loss": totals[1].item() / n, "acc1": 100.0 * totals[2].item() / n, "acc5": 100.0 * totals[3].item() / n,
-             "n": int(totals[0].item()), "n_skipped": int(totals[4].item())}
-    skipped = f", {stats['n_skipped']} unreadable items excluded" if stats["n_skipped"] else ""
+    if distributed:
+        all_reduce_sum(totals, name=f"{header} totals")
+        if totals[4].item() > 0:
+            bad_ids = [i for ids in all_gather_object(bad_ids, name=f"{header} unreadable ids") for i in ids]
+    n_read, n_bad = totals[0].item(), totals[4].item()
+    n_all = max(n_read + n_bad, 1.0)
+    stats = {"loss": totals[1].item() / max(n_read, 1.0), "acc1": 100.0 * totals[2].item() / n_all,
+             "acc5": 100.0 * totals[3].item() / n_all, "n": int(n_read + n_bad), "n_unreadable": int(n_bad),
+             "acc1_readable": 100.0 * totals[2].item() / max(n_read, 1.0)}
     print(f"* {header} Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.4f} "
-          f"on {stats['n']} items{skipped}")
+          f"on {stats['n']} items")
+    if is_main_process():
+        report_unreadable(header.rstrip(":"), bad_ids, stats["acc1"], stats["acc1_readable"], log)
     return stats
 
 
 @torch.no_grad()
-def final_test(data_loader, model, device, file: str, autocast=None, print_freq: int = 10) -> dict:
+def final_test(data_loader, model, file: str, autocast=None, print_freq: int = 10) -> dict:
     """Multi-view test: writes ``id [logits] label chunk split`` lines (one per view) to ``file``.
 
     Unreadable views (ok=False) go to ``file`` + '.bad' as ``id label chunk split`` lines so the merge
@@ -197,8 +263,8 @@ def final_test(data_loader, model, device, file: str, autocast=None, print_freq:
                                                                                               dtype=torch.bool)
             ids, chunk_nb, split_nb, labels = _to_list(ids), _to_list(chunk_nb), _to_list(split_nb), _to_list(target)
             if ok.any():
-                with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-                    out = model(images[ok].to(device, non_blocking=True))
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    out = model(cast_input(images[ok], model))
                 out = _logits(out).float().cpu()
             j = 0
             for i in range(len(ids)):
@@ -279,9 +345,7 @@ def merge(eval_path: str, num_tasks: int, log=print) -> dict:
     vpv = f"{vmin}" if vmin == vmax else f"{vmin}-{vmax}"
     log(f"merge: {n_scored} videos scored, {vpv} views per video (softmax-averaged); "
         f"top-1 {res['top1']:.3f} top-5 {res['top5']:.3f}")
-    if unreadable:
-        log(f"merge: {len(unreadable)} videos could not be read and count as misses: {', '.join(unreadable[:20])}"
-            f"{' ...' if len(unreadable) > 20 else ''} (top-1 over readable videos only: {res['top1_readable']:.3f})")
+    report_unreadable("merge", unreadable, res["top1"], res["top1_readable"], log)
     if partial:
         log(f"merge: {len(partial)} videos had some unreadable views; scored on the rest: {', '.join(partial[:20])}")
     return res

@@ -21,7 +21,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from utils import distributed as dist_utils
 from utils.checkpoint_io import (
-    find_deepspeed_tag,
+    DEEPSPEED_MODEL_FILE,
+    CheckpointError,
+    best_record,
+    check_deepspeed_tag,
+    describe_state_dict,
     find_resume_checkpoint,
     load_checkpoint,
     rng_state,
@@ -29,12 +33,13 @@ from utils.checkpoint_io import (
     to_plain,
 )
 from utils.config import dump_args_yaml
-from utils.logger import TensorboardLogger, append_json_log, update_summary
+from utils.errors import DataError, clean_message
+from utils.logger import TensorboardLogger, append_json_log, drop_epochs_from, update_summary
 from utils.optim import create_optimizer, param_groups_layer_decay
 from utils.schedules import cosine_scheduler, scaled_lr
 
 from .backends import build_backend
-from .finetune import NonFiniteLossError, TooManyBadSamplesError, evaluate, final_test, merge, train_one_epoch
+from .finetune import BadFileTracker, NonFiniteLossError, evaluate, final_test, merge, train_one_epoch
 
 # Arguments that define the network; on resume they come from the checkpoint.
 ARCH_KEYS = ("model", "nb_classes", "num_frames", "input_size", "tubelet_size", "bwd_mask", "residual_start",
@@ -67,10 +72,26 @@ class ShardSampler(Sampler):
         return len(self.idx)
 
 
+def seed_for(seed: int, epoch: int, rank: int) -> int:
+    """The one seed rule: every (seed, epoch, rank) its own 32-bit seed (rank 1 of seed s never equals rank 0 of
+    seed s+1). Used for the global RNGs and for the train loader's generator, from which the DataLoader derives
+    each worker's torch / numpy / random seeds; so ranks draw different augmentation and a rerun draws the same."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def seed_epoch(args, loader, epoch: int, rank: int) -> None:
+    """Seed the global RNGs and the train loader (sampler order, worker seeds) for ``epoch`` on ``rank``: the
+    epoch's randomness depends only on (seed, epoch, rank), so a resumed run continues exactly."""
+    s = seed_for(args.seed, epoch, rank)
+    seed_everything(s)
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(s)
 
 
 def validate_args(args) -> list[str]:
@@ -93,41 +114,71 @@ def validate_args(args) -> list[str]:
         errors.append("--update_freq must be >= 1")
     if args.model_ema_force_cpu and not args.model_ema:
         errors.append("--model_ema_force_cpu needs --model_ema")
+    if getattr(args, "dist_timeout", 1.0) is not None and getattr(args, "dist_timeout", 1.0) <= 0:
+        errors.append("--dist_timeout must be > 0 minutes")
     if errors:
         raise SystemExit("error: " + "\n  ".join(errors))
     return warnings
 
 
 def resolve_resume(args, log=print):
-    """Pick the checkpoint to resume/evaluate and say why. Returns (path, ckpt dict or None, reason)."""
-    if args.resume:
-        if os.path.isdir(args.resume):
-            return args.resume, None, "explicit --resume (DeepSpeed tag folder)"
-        return args.resume, load_checkpoint(args.resume, args.trust_checkpoint), "explicit --resume"
-    if args.eval and args.finetune:
-        return None, None, "--eval with --finetune: evaluating the --finetune weights, not auto-resuming"
-    if args.auto_resume and args.output_dir:
-        path, ckpt = find_resume_checkpoint(args.output_dir, log=log, trust_checkpoint=args.trust_checkpoint)
-        if path is not None:
-            prev = (ckpt.get("args") or {}).get("finetune") if isinstance(ckpt, dict) else None
-            if args.finetune and prev != args.finetune:
-                raise SystemExit(
-                    f"error: --finetune {args.finetune} was given, but {args.output_dir} holds {path} from a run "
-                    f"started from {prev!r}; refusing to let the leftover checkpoint replace --finetune. Use a "
-                    f"new --output_dir, or --no_auto_resume to start over from --finetune.")
-            return path, ckpt, "auto-resume: newest complete checkpoint in output_dir"
+    """Pick the checkpoint to resume/evaluate and say why. Returns (path, ckpt dict or None, reason).
+
+    ``--resume`` wins; ``--eval --finetune`` evaluates those weights; else ``--auto_resume`` takes the newest
+    complete checkpoint of any kind (DeepSpeed tag folders too, for a DeepSpeed run), skipping broken ones with a
+    message, and stops when every candidate is broken.
+    """
+    ds = bool(getattr(args, "enable_deepspeed", False))
+    path = ckpt = None
+    try:
+        if args.resume:
+            if os.path.isdir(args.resume):
+                problem = check_deepspeed_tag(args.resume)
+                if problem:
+                    raise SystemExit(f"error: --resume {args.resume}: {problem}")
+                ckpt = load_checkpoint(os.path.join(args.resume, DEEPSPEED_MODEL_FILE), args.trust_checkpoint)
+                return args.resume, ckpt, "explicit --resume (DeepSpeed tag folder)"
+            return args.resume, load_checkpoint(args.resume, args.trust_checkpoint), "explicit --resume"
+        if args.eval and args.finetune:
+            return None, None, "--eval with --finetune: evaluating the --finetune weights, not auto-resuming"
+        if args.auto_resume and args.output_dir:
+            path, ckpt = find_resume_checkpoint(args.output_dir, log=log, trust_checkpoint=args.trust_checkpoint,
+                                                deepspeed=ds)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
+    if args.auto_resume and args.output_dir and path is not None:
+        prev = (ckpt.get("args") or {}).get("finetune") if isinstance(ckpt, dict) else None
+        if args.finetune and prev != args.finetune:
+            raise SystemExit(
+                f"error: --finetune {args.finetune} was given, but {args.output_dir} holds {path} from a run "
+                f"started from {prev!r}; refusing to let the leftover checkpoint replace --finetune. Use a "
+                f"new --output_dir, or --no_auto_resume to start over from --finetune.")
+        return path, ckpt, "auto-resume: newest complete checkpoint in output_dir"
     return None, None, "no checkpoint to resume"
 
 
 def apply_arch_args(args, ckpt_args: dict, path: str, log=print) -> None:
+    """Architecture args come from the checkpoint, unless the user set one explicitly to another value: then the
+    run stops with one line naming the file, what it holds and what was asked for."""
+    explicit = set(getattr(args, "_explicit", ()))
+    conflicts = []
     for k in ARCH_KEYS:
         if k not in ckpt_args:
             continue
         cur, saved = getattr(args, k, None), ckpt_args[k]
-        if cur != saved:
+        if cur == saved:
+            continue
+        if k in explicit and cur is not None:
+            conflicts.append(f"--{k} {cur!r} (checkpoint: {saved!r})")
+        else:
             if cur is not None:
-                log(f"warning: --{k} {cur!r} differs from {saved!r} stored in {path}; using the checkpoint's value")
+                log(f"--{k}: using {saved!r} from {path} (default was {cur!r})")
             setattr(args, k, saved)
+    if conflicts:
+        held = ", ".join(f"{k} {ckpt_args[k]!r}" for k in ("model", "nb_classes", "num_frames", "input_size")
+                         if k in ckpt_args)
+        raise SystemExit(f"error: {path} holds a checkpoint of {held}, but {', '.join(conflicts)} was asked for; "
+                         f"drop the flag to resume that run, or use --finetune to start a new run from its weights")
 
 
 def build_loaders(args, wiring: Wiring, log=print):
@@ -146,7 +197,7 @@ def build_loaders(args, wiring: Wiring, log=print):
                                          drop_last=True)
         collate = wiring.collate_multi if (args.num_sample > 1 and wiring.collate_multi is not None) else None
         gen = torch.Generator()
-        gen.manual_seed(args.seed)
+        gen.manual_seed(seed_for(args.seed, 0, rank))
         loaders["train"] = DataLoader(ds_train, sampler=sampler, batch_size=args.batch_size,
                                       num_workers=args.num_workers, pin_memory=args.pin_mem, drop_last=True,
                                       collate_fn=collate, generator=gen, persistent_workers=False)
@@ -183,12 +234,29 @@ def build_criterion(args, mixup_fn):
 
 
 def run(args, wiring: Wiring) -> dict:
-    """Everything after argument parsing. Returns a summary dict (also written to log.txt)."""
+    """Everything after argument parsing. Returns a summary dict (also written to log.txt).
+
+    A data error (too many unreadable training files, an unreadable validation/test video without
+    --skip_bad_test), a non-finite loss or a failed collective stops the run with one clean line and exit 1.
+    """
+    try:
+        return _run(args, wiring)
+    except (DataError, dist_utils.CollectiveError) as e:
+        sys.stderr.write(f"stopping: {clean_message(e)}\n")
+        sys.stderr.flush()
+        print(f"stopping: {clean_message(e)}", force=True) if dist_utils.is_dist_avail_and_initialized() else None
+        sys.exit(1)
+
+
+def _run(args, wiring: Wiring) -> dict:
     warnings = validate_args(args)
     dist_utils.init_distributed_mode(args)
     log = print
     for w in warnings:
         log("warning: " + w)
+    if not args.dist_eval and dist_utils.get_world_size() > 1 and not args.eval:
+        log(f"note: without --dist_eval each of the {dist_utils.get_world_size()} ranks validates the whole "
+            f"validation set (add --dist_eval to shard it)")
     if args.scan_backend:
         from mamba.ops.backend import set_scan_backend
 
@@ -197,7 +265,8 @@ def run(args, wiring: Wiring) -> dict:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda requested but no CUDA GPU is visible; pass --device cpu")
     device = torch.device(args.device)
-    seed_everything(args.seed + dist_utils.get_rank())
+    rank = dist_utils.get_rank()
+    seed_everything(seed_for(args.seed, 0, rank))
 
     # 1. resume source first: architecture args come from it
     resume_path, resume_ckpt, reason = resolve_resume(args, log)
@@ -206,10 +275,6 @@ def run(args, wiring: Wiring) -> dict:
                          "--output_dir with --auto_resume")
     if resume_ckpt is not None and isinstance(resume_ckpt.get("args"), dict):
         apply_arch_args(args, resume_ckpt["args"], resume_path, log)
-
-    if args.output_dir and dist_utils.is_main_process():
-        os.makedirs(args.output_dir, exist_ok=True)
-        dump_args_yaml(args, os.path.join(args.output_dir, "args.yaml"))
 
     # 2. data
     if args.dry_run and not _lists_exist(args):
@@ -230,8 +295,12 @@ def run(args, wiring: Wiring) -> dict:
         if wiring.load_pretrained is None:
             raise SystemExit("error: --finetune needs models.checkpoint.load_pretrained, which is not available")
         log(f"loading --finetune weights from {args.finetune} (no resume checkpoint: {reason})")
-        report = wiring.load_pretrained(model, args.finetune, model_key=args.model_key, orig_t_size=args.orig_t_size,
-                                        trust_checkpoint=args.trust_checkpoint, log=log)
+        try:
+            report = wiring.load_pretrained(model, args.finetune, model_key=args.model_key,
+                                            orig_t_size=args.orig_t_size, trust_checkpoint=args.trust_checkpoint,
+                                            log=log)
+        except (RuntimeError, FileNotFoundError, KeyError) as e:
+            raise SystemExit(f"error: --finetune {args.finetune}: {clean_message(e)}") from e
         log(f"--finetune report: {report}")
     if not args.dry_run:
         model.to(device)
@@ -253,29 +322,41 @@ def run(args, wiring: Wiring) -> dict:
         create_optimizer(args, model, groups)
         log("dry run: arguments, model, datasets and optimizer built; exiting without training")
         return {"dry_run": True, "n_parameters": n_parameters}
-    backend = build_backend(args, model, groups, lambda g: create_optimizer(args, model, g))
-    model_without_ddp = backend.model_without_ddp
     model_ema = None
     if args.model_ema:
         from timm.utils import ModelEmaV3
 
-        model_ema = ModelEmaV3(model_without_ddp, decay=args.model_ema_decay,
-                               device="cpu" if args.model_ema_force_cpu else None)
-        log(f"model EMA: decay {args.model_ema_decay}{' on cpu' if args.model_ema_force_cpu else ''}")
+        # built from the fp32 model before any engine casts it, and kept in fp32 whatever the engine's dtype
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, dtype=torch.float32,
+                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
+        log(f"model EMA: decay {args.model_ema_decay}, fp32{' on cpu' if args.model_ema_force_cpu else ''}")
+    backend = build_backend(args, model, groups, lambda g: create_optimizer(args, model, g))
+    model_without_ddp = backend.model_without_ddp
     criterion = (wiring.build_criterion or (lambda a, m, _model: build_criterion(a, m)))(args, mixup_fn, model)
     log(f"criterion: {criterion}; back end: {backend.name}; precision: {_precision(args, backend)}")
 
     # 5. resume state
     start_epoch = args.start_epoch
     best = {"acc1": -1.0, "epoch": -1}
+    bad_known: list = []
     if resume_path is not None:
-        start_epoch, best = _load_resume(args, backend, model_ema, resume_path, resume_ckpt, reason, log)
+        start_epoch, best, bad_known = _load_resume(args, backend, model_ema, resume_path, resume_ckpt, reason, log)
+    # the run has started: record its flags (an earlier run's args.yaml is kept as args.N.yaml)
+    if args.output_dir and dist_utils.is_main_process():
+        kept = dump_args_yaml(args, os.path.join(args.output_dir, "args.yaml"))
+        if kept:
+            log(f"args.yaml of the previous run kept as {os.path.basename(kept)}")
     log_writer = TensorboardLogger(args.log_dir)
     autocast = backend.autocast
 
     if args.eval:
         return _run_eval(args, loaders, backend, autocast, log, n_parameters)
 
+    if not args.eval and resume_path is not None and dist_utils.is_main_process():
+        dropped = drop_epochs_from(args.output_dir, start_epoch)
+        if dropped:
+            log(f"log.txt: {dropped} lines of epochs >= {start_epoch} (from a run past this checkpoint) moved to "
+                f"log.txt.superseded; they are trained again")
     steps_per_epoch = len(loaders["train"]) // args.update_freq
     lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
                                    args.warmup_lr, args.warmup_steps)
@@ -283,19 +364,16 @@ def run(args, wiring: Wiring) -> dict:
     wd_schedule = cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
     log(f"training: {args.epochs} epochs x {steps_per_epoch} optimizer steps, start epoch {start_epoch}, "
         f"first lr {lr_schedule[min(start_epoch * steps_per_epoch, len(lr_schedule) - 1)]:.3e}")
-    bad_total = int(getattr(args, "_bad_total", 0))
+    bad_files = BadFileTracker(args.max_bad_samples, bad_known, _train_list_name(args))
     t0 = time.time()
     stats = {}
     for epoch in range(start_epoch, args.epochs):
-        # each epoch's randomness depends only on (seed, epoch, rank): resume continues exactly
-        seed_everything(args.seed + 1000 * epoch + dist_utils.get_rank())
-        loaders["train"].sampler.set_epoch(epoch)
-        loaders["train"].generator.manual_seed(args.seed + epoch)
+        seed_epoch(args, loaders["train"], epoch, rank)
         if log_writer is not None:
             log_writer.set_step(epoch * steps_per_epoch)
 
-        def on_nonfinite(ep, step, best=best, bad_total=bad_total):  # this epoch's values
-            backend.save(args.output_dir, ep, _client_state(args, model_ema, best, bad_total),
+        def on_nonfinite(ep, step, best=best):  # this epoch's values
+            backend.save(args.output_dir, ep, _client_state(args, model_ema, best, bad_files),
                          ["checkpoint-nonfinite.pth"], tag=False) if args.output_dir else None
             if dist_utils.is_main_process() and args.output_dir:
                 print(f"state before the failing step saved to {args.output_dir}/checkpoint-nonfinite.pth")
@@ -305,37 +383,36 @@ def run(args, wiring: Wiring) -> dict:
                                           start_steps=epoch * steps_per_epoch,
                                           num_training_steps_per_epoch=steps_per_epoch, mixup_fn=mixup_fn,
                                           model_ema=model_ema, log_writer=log_writer, on_nonfinite=on_nonfinite,
-                                          bad_so_far=bad_total, print_freq=args.print_freq,
+                                          bad_files=bad_files, print_freq=args.print_freq,
                                           max_steps=getattr(args, "max_steps_per_epoch", None))
-        except (NonFiniteLossError, TooManyBadSamplesError) as e:
+        except NonFiniteLossError as e:
             print(f"stopping: {e}")
             dist_utils.cleanup()
             sys.exit(1)
-        bad_total += int(train_stats.get("n_replaced", 0))
-        args._bad_total = bad_total
-        if bad_total:
-            log(f"epoch {epoch}: {train_stats.get('n_replaced', 0)} unreadable training samples replaced "
-                f"({bad_total} in total, limit --max_bad_samples {args.max_bad_samples})")
-        val_stats, ema_stats = {}, {}
-        if "val" in loaders:
-            val_stats = evaluate(loaders["val"], model_without_ddp, device, autocast)
-            if model_ema is not None:
-                ema_stats = evaluate(loaders["val"], model_ema.module, device, autocast, header="Val (EMA):")
-            if log_writer is not None:
-                log_writer.update(head="perf", step=epoch, val_acc1=val_stats["acc1"], val_acc5=val_stats["acc5"],
-                                  val_loss=val_stats["loss"], ema_val_acc1=ema_stats.get("acc1"))
-        is_best = bool(val_stats) and val_stats["acc1"] > best["acc1"]
-        if is_best:
-            best = {"acc1": val_stats["acc1"], "epoch": epoch}
+        # the epoch's training state is saved before validation, so a failing validation loses nothing
         if args.output_dir and args.save_ckpt:
             names = ["checkpoint-latest.pth"]
             if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
                 names.append(f"checkpoint-{epoch}.pth")
-            if is_best or not val_stats:
-                names.append("checkpoint-best.pth")
-            backend.save(args.output_dir, epoch, _client_state(args, model_ema, best, bad_total, steps_per_epoch,
+            backend.save(args.output_dir, epoch, _client_state(args, model_ema, best, bad_files, steps_per_epoch,
                                                                epoch), names)
-            dist_utils.barrier()
+            dist_utils.barrier("checkpoint save")
+        val_stats, ema_stats = {}, {}
+        if "val" in loaders:
+            val_stats = evaluate(loaders["val"], model_without_ddp, autocast, distributed=args.dist_eval, log=log)
+            if model_ema is not None:
+                ema_stats = evaluate(loaders["val"], model_ema.module, autocast, header="Val (EMA):",
+                                     distributed=args.dist_eval, log=log)
+            if log_writer is not None:
+                log_writer.update(head="perf", step=epoch, val_acc1=val_stats["acc1"], val_acc5=val_stats["acc5"],
+                                  val_loss=val_stats["loss"], ema_val_acc1=ema_stats.get("acc1"))
+        is_best = not val_stats or val_stats["acc1"] > best["acc1"]
+        if val_stats and is_best:
+            best = {"acc1": val_stats["acc1"], "epoch": epoch}
+        if args.output_dir and args.save_ckpt and is_best:
+            backend.save(args.output_dir, epoch, _client_state(args, model_ema, best, bad_files, steps_per_epoch,
+                                                               epoch), ["checkpoint-best.pth"], tag=False)
+            dist_utils.barrier("best checkpoint save")
         if val_stats:
             log(f"accuracy on {val_stats['n']} val items: {val_stats['acc1']:.2f}% (best {best['acc1']:.2f}% "
                 f"at epoch {best['epoch']})")
@@ -365,6 +442,10 @@ def run(args, wiring: Wiring) -> dict:
     return result
 
 
+def _train_list_name(args) -> str:
+    return args.train_list or (os.path.join(args.data_path, "train.csv") if args.data_path else "")
+
+
 def _lists_exist(args) -> bool:
     lists = [args.train_list, args.val_list, args.test_list]
     if any(lists):
@@ -377,9 +458,10 @@ def _precision(args, backend) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(d, "fp32")
 
 
-def _client_state(args, model_ema, best, bad_total, steps_per_epoch=None, epoch=None) -> dict:
+def _client_state(args, model_ema, best, bad_files, steps_per_epoch=None, epoch=None) -> dict:
     st = {"args": to_plain({k: v for k, v in vars(args).items() if not k.startswith("_")}), "best": dict(best),
-          "bad_total": int(bad_total), "rng": rng_state(), "model_cfg": to_plain(getattr(args, "_model_cfg", {}))}
+          "bad_files": sorted(bad_files.files), "rng": rng_state(),
+          "model_cfg": to_plain(getattr(args, "_model_cfg", {}))}
     if steps_per_epoch is not None and epoch is not None:
         st["global_step"] = int((epoch + 1) * steps_per_epoch)
     if model_ema is not None:
@@ -387,39 +469,68 @@ def _client_state(args, model_ema, best, bad_total, steps_per_epoch=None, epoch=
     return st
 
 
+def _check_fits(args, model, sd: dict, path: str) -> None:
+    """A weights dict that does not fit the model: one line naming the file, what it holds, what was asked for."""
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    extra = [k for k in sd if k not in own]
+    missing = [k for k in own if k not in sd]
+    if bad or extra or missing:
+        first = bad[:1] or extra[:1] or missing[:1]
+        raise SystemExit(f"error: {path} holds weights of {describe_state_dict(sd)}, but --model {args.model} is "
+                         f"{describe_state_dict(own)} ({len(bad)} shape mismatches, {len(extra)} unexpected and "
+                         f"{len(missing)} missing keys, e.g. {first[0]})")
+
+
 def _load_resume(args, backend, model_ema, path, ckpt, reason, log):
-    """Load model/optimizer/scaler/EMA/RNG from the resume source; returns (start_epoch, best)."""
+    """Load model/optimizer/scaler/EMA/RNG from the resume source; returns (start_epoch, best, bad files)."""
+    if not isinstance(ckpt.get("model", ckpt.get("module")), dict):
+        kind = "a bare state dict" if ckpt and all(torch.is_tensor(v) for v in ckpt.values()) else \
+            f"a dict with keys {sorted(ckpt)[:8]}"
+        what = f" of {describe_state_dict(ckpt)}" if kind == "a bare state dict" else ""
+        raise SystemExit(f"error: --resume {path} holds {kind}{what}, not a training checkpoint (model, optimizer, "
+                         f"epoch); to start from its weights use --finetune {path}")
+    _check_fits(args, backend.model_without_ddp, ckpt.get("model", ckpt.get("module")), path)
     load_opt = not args.eval
     if backend.name == "deepspeed" and not args.eval:
-        tag = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else None
-        folder = os.path.dirname(path.rstrip("/")) if tag else args.output_dir
-        if tag is None and ckpt is not None:
+        if os.path.isdir(path):
+            folder, tag = os.path.dirname(path.rstrip("/")), os.path.basename(path.rstrip("/"))
+        else:
+            folder = os.path.dirname(os.path.abspath(path))
             want = f"checkpoint-{ckpt.get('epoch')}"
-            tag = want if os.path.isdir(os.path.join(folder, want)) else find_deepspeed_tag(folder)
+            tag = want if os.path.isdir(os.path.join(folder, want)) and \
+                check_deepspeed_tag(os.path.join(folder, want)) is None else None
         if tag is not None:
-            client = backend.load_tag(folder, tag)
+            try:
+                client = backend.load_tag(folder, tag)
+            except CheckpointError as e:
+                raise SystemExit(f"error: {e}") from e
             log(f"resumed DeepSpeed state from {os.path.join(folder, tag)} ({reason})")
             ckpt = dict(client)
-            load_opt = False
-        elif ckpt is None:
-            raise SystemExit(f"error: {path}: no DeepSpeed tag folder to resume from")
         else:
-            backend.load(ckpt, path, load_optimizer=True, log=log)
-            load_opt = False
+            log(f"warning: no complete DeepSpeed tag folder for epoch {ckpt.get('epoch')} beside {path}: resuming "
+                f"the model weights only (the optimizer state is lost)")
+            backend.load(ckpt, path, load_optimizer=False, log=log)
     else:
-        if ckpt is None:
+        if os.path.isdir(path) and not args.eval:
             raise SystemExit(f"error: {path} is a DeepSpeed tag folder; resume it with --enable_deepspeed")
         backend.load(ckpt, path, load_optimizer=load_opt, log=log)
     if model_ema is not None and "model_ema" in ckpt:
         model_ema.module.load_state_dict(ckpt["model_ema"])
     if "rng" in ckpt and not args.eval:
         set_rng_state(ckpt["rng"])
-    args._bad_total = int(ckpt.get("bad_total", 0))
     epoch = ckpt.get("epoch")
+    best = dict(ckpt.get("best") or {"acc1": -1.0, "epoch": -1})
+    rec = best_record(args.output_dir, log) if args.output_dir and not args.eval else None
+    if rec is not None and rec.get("acc1", -1.0) > best.get("acc1", -1.0):
+        log(f"best so far: {rec['acc1']:.2f}% at epoch {rec.get('epoch')} (from checkpoint-best.pth); a later epoch "
+            f"replaces it only with a higher accuracy")
+        best = rec
     log(f"loaded {path} ({reason}); checkpoint epoch {epoch}")
+    bad = list(ckpt.get("bad_files") or [])
     if args.eval or epoch is None:
-        return args.start_epoch, ckpt.get("best", {"acc1": -1.0, "epoch": -1})
-    return int(epoch) + 1, ckpt.get("best", {"acc1": -1.0, "epoch": -1})
+        return args.start_epoch, best, bad
+    return int(epoch) + 1, best, bad
 
 
 def _final_test_and_merge(args, test_loader, backend, autocast, log) -> dict:
@@ -432,10 +543,9 @@ def _final_test_and_merge(args, test_loader, backend, autocast, log) -> dict:
             if f.endswith(".txt") or f.endswith(".bad"):
                 os.remove(os.path.join(preds, f))
     dist_utils.barrier()
-    device = torch.device(args.device)
-    info = final_test(test_loader, backend.model_without_ddp, device, os.path.join(preds, f"{rank}.txt"), autocast)
+    info = final_test(test_loader, backend.model_without_ddp, os.path.join(preds, f"{rank}.txt"), autocast)
     print(f"rank {rank}: {info['n_views']} test views written, {info['n_bad_views']} unreadable", force=True)
-    dist_utils.barrier()
+    dist_utils.barrier("multi-view test: waiting for every rank's predictions")
     res = {}
     if dist_utils.is_main_process():
         m = merge(preds, world, log=log)
@@ -443,7 +553,7 @@ def _final_test_and_merge(args, test_loader, backend, autocast, log) -> dict:
                "n_unreadable": m["n_unreadable"], "views_per_video": list(m["views_per_video"])}
         append_json_log(args.output_dir, res)
         log(f"Final top-1 {m['top1']:.3f}%  Top-5 {m['top5']:.3f}% over {m['n_videos'] + m['n_unreadable']} videos")
-    dist_utils.barrier()
+    dist_utils.barrier("multi-view test: merge")
     return res
 
 
@@ -451,8 +561,8 @@ def _run_eval(args, loaders, backend, autocast, log, n_parameters) -> dict:
     if "test" in loaders:
         res = _final_test_and_merge(args, loaders["test"], backend, autocast, log)
     else:
-        st = evaluate(loaders["val"], backend.model_without_ddp, torch.device(args.device), autocast)
-        res = {"Final top-1": st["acc1"], "Final Top-5": st["acc5"], "n": st["n"], "n_skipped": st["n_skipped"]}
+        st = evaluate(loaders["val"], backend.model_without_ddp, autocast, log=log)
+        res = {"Final top-1": st["acc1"], "Final Top-5": st["acc5"], "n": st["n"], "n_unreadable": st["n_unreadable"]}
         append_json_log(args.output_dir, res)
     log(f"summary: {json.dumps(to_plain(res))}")
     dist_utils.cleanup()

@@ -1,7 +1,8 @@
 """Checkpoint reading and the loading contract for VideoMambaPro / VideoMamba weights.
 
-``load_checkpoint_file(path, trust_checkpoint=False) -> dict``: ``torch.load(weights_only=True)``
-with clear errors for missing, truncated/corrupt and code-carrying files.
+``load_checkpoint_file(path, trust_checkpoint=False) -> dict``: a file or DeepSpeed folder read through the
+project's one safe reader (``utils.checkpoint_io.safe_load``), with clear errors for missing, truncated/corrupt
+and code-carrying files.
 
 ``load_pretrained(model, path_or_state_dict, ...) -> report``: unwrap ``model``/``module``/``state_dict``
 (DeepSpeed ``mp_rank_00_model_states.pt`` included), strip ``module.``/``backbone.``/``encoder.``/
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import zipfile
 
 import torch
 import torch.nn.functional as F
+
+from utils.checkpoint_io import CheckpointError, safe_load
 
 __all__ = [
     "load_checkpoint_file", "load_pretrained", "unwrap_state_dict", "strip_prefixes", "inflate_patch_kernel",
@@ -51,29 +52,13 @@ def _resolve_path(path: str) -> str:
 
 
 def load_checkpoint_file(path, trust_checkpoint: bool = False) -> dict:
-    """Load a checkpoint as data (``weights_only=True``) unless ``trust_checkpoint``.
-
-    Raises RuntimeError naming the file when it is truncated/corrupt, or when it needs full
-    unpickling (then suggesting ``--trust_checkpoint`` for a file from a trusted source).
-    """
+    """Resolve a file or DeepSpeed folder to its model file and read it with the project's one safe reader
+    (``utils.checkpoint_io.safe_load``: weights only unless ``trust_checkpoint``; errors name the file)."""
     path = _resolve_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as e:
-        if not trust_checkpoint and "weights_only" in str(e).lower().replace(" ", "_"):
-            raise RuntimeError(
-                f"checkpoint {path} contains objects that need full unpickling (code execution) and was refused; "
-                f"if you trust its source, pass --trust_checkpoint (load_checkpoint_file(..., trust_checkpoint=True)). "
-                f"Detail: {str(e).splitlines()[0]}"
-            ) from e
-        raise RuntimeError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: {e}") from e
-    except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError) as e:
-        raise RuntimeError(
-            f"could not read checkpoint {path} ({os.path.getsize(path)} bytes): the file is truncated or corrupt "
-            f"(e.g. an interrupted copy or save). Detail: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+    ckpt = safe_load(path, trust_checkpoint=trust_checkpoint)
     if not isinstance(ckpt, dict):
-        raise RuntimeError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict (state dict or wrapper)")
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict (state dict or "
+                              f"wrapper)")
     return ckpt
 
 

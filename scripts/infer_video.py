@@ -32,6 +32,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 RESIDUAL_START = ("none", "forward", "backward", "both")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # flags that fall back to the checkpoint's training args, then to these defaults
 DATA_DEFAULTS = {"num_frames": None, "input_size": None, "short_side_size": None, "sampling_rate": 0,
                  "test_num_segment": 2, "test_num_crop": 1, "tubelet_size": 1}
@@ -65,6 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_bad", action="store_true", help="report and count unreadable videos instead of stopping")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch_size", type=int, default=8, help="views per forward pass")
+    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES),
+                   help="precision of the weights for inference (bf16/fp16 halve the memory on a GPU)")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code: only for trusted files)")
     p.add_argument("--json", default=None, help="also write the results as JSON lines to this file")
@@ -181,7 +184,7 @@ def load_model(args):
         cfg["short_side_size"] = cfg["input_size"]
     if hasattr(model, "options") and isinstance(model.options, dict):
         cfg.update(model.options)
-    model.to(args.device).eval()
+    model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()
     return model, cfg
 
 
@@ -206,11 +209,14 @@ def video_views(path: str, cfg: dict, reader: str = "decord") -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, clips: torch.Tensor, device: str = "cpu", batch_size: int = 8) -> torch.Tensor:
-    """Softmax averaged over the views ``clips`` (V, 3, T, H, W) -> (num_classes,) probabilities."""
+def predict(model, clips: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Softmax averaged over the views ``clips`` (V, 3, T, H, W) -> (num_classes,) probabilities. Inputs go
+    through the engines' one input cast (the model's device and dtype)."""
+    from engines.backends import cast_input
+
     probs = []
     for i in range(0, clips.shape[0], max(1, batch_size)):
-        logits = model(clips[i:i + batch_size].to(device))
+        logits = model(cast_input(clips[i:i + batch_size], model))
         probs.append(torch.softmax(logits.float(), dim=-1).cpu())
     return torch.cat(probs).mean(0)
 
@@ -245,7 +251,7 @@ def main(argv=None) -> List[dict]:
             skipped.append({"video": path, "error": e.reason})
             print(f"{path}: SKIPPED, unreadable ({e.reason})")
             continue
-        p = predict(model, clips, args.device, args.batch_size)
+        p = predict(model, clips, args.batch_size)
         top_p, top_i = p.topk(k)
         top = [{"id": int(i), "label": names.get(int(i), f"class_{int(i)}"), "prob": float(q)}
                for q, i in zip(top_p, top_i)]

@@ -63,12 +63,25 @@ def test_truncated_checkpoint_detected_and_skipped(tmp_path):
     assert any("checkpoint-2.pth" in m and "skipping" in m for m in msgs)
 
 
-def test_newest_epoch_wins_and_best_is_not_a_resume_source(tmp_path):
-    atomic_save(_ckpt(4), str(tmp_path / "checkpoint-best.pth"))
+def test_newest_complete_checkpoint_of_any_kind_wins(tmp_path):
+    atomic_save(_ckpt(2), str(tmp_path / "checkpoint-best.pth"))
     atomic_save(_ckpt(1), str(tmp_path / "checkpoint-1.pth"))
     atomic_save(_ckpt(2), str(tmp_path / "checkpoint-latest.pth"))
     path, ck = find_resume_checkpoint(str(tmp_path))
-    assert path.endswith("checkpoint-latest.pth") and ck["epoch"] == 2
+    assert path.endswith("checkpoint-latest.pth") and ck["epoch"] == 2  # same epoch: latest before best
+    (tmp_path / "checkpoint-latest.pth").write_bytes(b"PK\x03\x04 truncated")
+    msgs = []
+    path, ck = find_resume_checkpoint(str(tmp_path), log=msgs.append)
+    assert path.endswith("checkpoint-best.pth") and ck["epoch"] == 2  # a corrupt latest falls back to best
+    assert any("checkpoint-latest.pth" in m and "truncated or corrupt" in m for m in msgs)
+
+
+def test_every_checkpoint_broken_stops_instead_of_starting_over(tmp_path):
+    for n in ("checkpoint-latest.pth", "checkpoint-best.pth", "checkpoint-3.pth"):
+        (tmp_path / n).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"refusing to start over(.|\n)*checkpoint-3.pth(.|\n)*--no_auto_resume"):
+        find_resume_checkpoint(str(tmp_path), log=lambda m: None)
+    assert find_resume_checkpoint(str(tmp_path / "empty")) == (None, None)
 
 
 class _Custom:

@@ -18,13 +18,14 @@ def _env():
     return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
 
 
-def _cmd(out, extra, nproc=2):
+def _cmd(out, extra, nproc=2, dist_eval=True):
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}", ENTRY, *FAST_FLAGS, "--output_dir", out, "--dist_eval", *extra]
+            f"--master_port={free_port()}", ENTRY, *FAST_FLAGS, "--output_dir", out,
+            *(["--dist_eval"] if dist_eval else []), *extra]
 
 
-def _torchrun(out, *extra, nproc=2):
-    res = subprocess.run(_cmd(out, extra, nproc), env=_env(), capture_output=True, text=True, timeout=400)
+def _torchrun(out, *extra, nproc=2, dist_eval=True):
+    res = subprocess.run(_cmd(out, extra, nproc, dist_eval), env=_env(), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     return res.stdout
 
@@ -52,11 +53,13 @@ def _final(out):
 
 def test_torchrun_native_ddp_two_ranks_trains_and_merges(tmp_path):
     out = str(tmp_path / "ddp")
-    stdout = _torchrun(out, "--lr", "2.0", "--epochs", "3")
-    assert "distributed init (torchrun, gloo): rank 0/2" in stdout
+    stdout = _torchrun(out, "--lr", "2.0", "--epochs", "3", dist_eval=False)
+    assert "distributed init (torchrun, cpu:gloo): rank 0/2" in stdout
     assert "x world 2" in stdout  # lr scaling uses the world size
     lines = [json.loads(x) for x in open(os.path.join(out, "log.txt"))]
     assert lines[-2]["train_loss"] < lines[0]["train_loss"]
+    # without --dist_eval every rank validates the whole list: the count is the list length, not x world size
+    assert all(line["val_n"] == 9 for line in lines[:-1]) and "each of the 2 ranks validates" in stdout
     final = lines[-1]
     assert final["n_videos"] == 9 and final["views_per_video"] == [2, 2]
     assert os.path.exists(os.path.join(out, "predictions", "0.txt"))

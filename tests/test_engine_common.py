@@ -60,7 +60,7 @@ def make_clip(g, label):
 
 
 class TensorVideos(torch.utils.data.Dataset):
-    """mode: train -> (clip, label, index, n_replaced); val -> (clip, label, id, ok);
+    """mode: train -> (clip, label, index, bad files ''); val -> (clip, label, id, ok);
     test -> (clip, label, id, chunk, split, ok) with `views` views per video."""
 
     def __init__(self, n, mode, seed=0, views=2, bad=()):
@@ -76,7 +76,7 @@ class TensorVideos(torch.utils.data.Dataset):
         if SLEEP:
             time.sleep(SLEEP)
         if self.mode == "train":
-            return self.clips[i] + 0.05 * torch.randn_like(self.clips[i]), self.labels[i], i, 0
+            return self.clips[i] + 0.05 * torch.randn_like(self.clips[i]), self.labels[i], i, ""
         if self.mode == "val":
             return self.clips[i], self.labels[i], f"vid{i}", i not in self.bad
         v, k = divmod(i, self.views)

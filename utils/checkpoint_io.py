@@ -1,11 +1,10 @@
-"""Checkpoint I/O: atomic writes, weights_only loading, and finding the newest complete checkpoint.
+"""Checkpoint I/O: the project's one checkpoint reader, atomic writes, and finding what to resume from.
 
-Checkpoints are data, not code: everything we store (args, model cfg, RNG states) is converted to
-plain Python / tensors so ``torch.load(weights_only=True)`` reads it. A file that needs full
-unpickling is refused unless ``trust_checkpoint=True``.
-
-Note: models/checkpoint.py (models engineer) exports ``load_checkpoint_file`` with the same contract;
-``load_checkpoint`` here prefers it and only falls back to the local loader when models/ lacks it.
+Checkpoints are data, not code. ``safe_load`` is the only place that reads a checkpoint file: every ``.pth``,
+every file of a DeepSpeed tag folder (DeepSpeed's own reads are routed here, see ``deepspeed_loader``), EMA and
+optimizer states, ``--finetune`` weights. It uses ``torch.load(weights_only=True)``; a file that needs full
+unpickling (it could run code) is refused with a message naming ``--trust_checkpoint`` unless that is given.
+Everything we store (args, model cfg, RNG states) is converted to plain Python / tensors so that rule holds.
 """
 from __future__ import annotations
 
@@ -88,34 +87,74 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
-def _local_load(path: str, trust_checkpoint: bool = False):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a complete torch zip archive)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {path} needs full unpickling (it stores Python objects, which can run "
-                              f"code); re-run with --trust_checkpoint if you trust its source. Detail: {e}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {e}") from e
+# Plain-data classes DeepSpeed pickles into its tag files (loss-scaler settings, ZeRO stage, fragment
+# addresses); allowed for DeepSpeed's files only. Any other class in a file is still refused.
+DEEPSPEED_SAFE_GLOBALS = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+)
 
 
-def load_checkpoint(path: str, trust_checkpoint: bool = False) -> dict:
-    """Load a checkpoint dict; uses models.checkpoint.load_checkpoint_file when it exists."""
-    try:
-        from models.checkpoint import load_checkpoint_file  # entry points wire models; this is a soft use
-    except ImportError:
-        load_checkpoint_file = None
-    if load_checkpoint_file is not None:
+def _resolve_globals(names) -> list:
+    import importlib
+
+    out = []
+    for module, name in names:
         try:
-            return load_checkpoint_file(path, trust_checkpoint=trust_checkpoint)
-        except CheckpointError:
-            raise
-        except Exception as e:  # re-raise under our type so callers can skip broken files
-            raise CheckpointError(str(e)) from e
-    return _local_load(path, trust_checkpoint)
+            out.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue  # another DeepSpeed version: that class cannot be in its files either
+    return out
+
+
+def safe_load(path: str, trust_checkpoint: bool = False, map_location="cpu", mmap: bool = False,
+              allowed_globals=()):
+    """Read one checkpoint file as data. Raises CheckpointError naming the file when it is missing,
+    truncated/corrupt, or needs full unpickling (then suggesting --trust_checkpoint for a trusted source).
+    ``allowed_globals``: plain-data classes this kind of file may hold besides tensors and builtins."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"could not read checkpoint {path} ({os.path.getsize(path)} bytes): truncated or "
+                              f"corrupt (not a complete torch zip archive, e.g. an interrupted copy or save)")
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if not trust_checkpoint:
+            raise CheckpointError(
+                f"checkpoint {path} contains objects that need full unpickling, which can run code, and was "
+                f"refused; if you trust its source, re-run with --trust_checkpoint. Detail: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+        raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"could not read checkpoint {path} ({os.path.getsize(path)} bytes): truncated or "
+                              f"corrupt. Detail: {type(e).__name__}: {detail}") from e
+
+
+def load_checkpoint(path: str, trust_checkpoint: bool = False, mmap: bool = False) -> dict:
+    """``safe_load`` for a training checkpoint: the result must be a dict."""
+    ckpt = safe_load(path, trust_checkpoint, mmap=mmap)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def deepspeed_loader(trust_checkpoint: bool = False):
+    """A drop-in for DeepSpeed's ``checkpoint_engine.load(path, map_location=None)`` that reads through
+    ``safe_load`` (DeepSpeed itself would unpickle everything)."""
+
+    allowed = _resolve_globals(DEEPSPEED_SAFE_GLOBALS)
+
+    def load(path, map_location=None):
+        return safe_load(path, trust_checkpoint, map_location="cpu" if map_location is None else map_location,
+                         allowed_globals=allowed)
+
+    return load
 
 
 def is_complete_checkpoint(path: str) -> bool:
@@ -129,48 +168,107 @@ def is_complete_checkpoint(path: str) -> bool:
 
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+|latest|best)\.pth$")
+_TAG_RE = re.compile(r"^checkpoint-(\d+)$")
+DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
 def list_checkpoints(output_dir: str) -> list[str]:
     if not output_dir or not os.path.isdir(output_dir):
         return []
-    return [os.path.join(output_dir, f) for f in os.listdir(output_dir) if _CKPT_RE.match(f)]
+    return sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir) if _CKPT_RE.match(f))
 
 
-def find_resume_checkpoint(output_dir: str, log=print, trust_checkpoint: bool = False) -> tuple[str | None, dict | None]:
-    """Newest complete checkpoint (by stored epoch, then mtime) in output_dir; broken files skipped with a message.
+def list_deepspeed_tags(output_dir: str) -> list[str]:
+    """``checkpoint-{epoch}`` tag folders, oldest first."""
+    if not output_dir or not os.path.isdir(output_dir):
+        return []
+    tags = [f for f in os.listdir(output_dir) if _TAG_RE.match(f) and os.path.isdir(os.path.join(output_dir, f))]
+    return [os.path.join(output_dir, t) for t in sorted(tags, key=lambda t: int(_TAG_RE.match(t).group(1)))]
 
-    checkpoint-best.pth is never a resume source (it may be older than latest).
+
+def check_deepspeed_tag(folder: str) -> str | None:
+    """None when the tag folder holds a model-states file and every ``.pt`` file in it is a complete archive;
+    otherwise what is wrong, naming the file."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+    if DEEPSPEED_MODEL_FILE not in files:
+        return f"{folder} has no {DEEPSPEED_MODEL_FILE} (an incomplete DeepSpeed save)"
+    for f in files:
+        if not is_complete_checkpoint(os.path.join(folder, f)):
+            return f"{os.path.join(folder, f)} is truncated or corrupt"
+    return None
+
+
+def _candidate_key(path: str, ckpt: dict, deepspeed: bool):
+    is_tag = os.path.isdir(path)
+    epoch = ckpt.get("epoch")
+    epoch = int(epoch) if isinstance(epoch, int) else -1
+    name = os.path.basename(path)
+    kind = 2 if is_tag else (0 if name == "checkpoint-best.pth" else 1)  # best: only when nothing newer
+    # DeepSpeed runs prefer a tag (with its optimizer state) over a weights-only export of any epoch
+    return (int(is_tag) if deepspeed else 0, epoch, kind, os.path.getmtime(path))
+
+
+def find_resume_checkpoint(output_dir: str, log=print, trust_checkpoint: bool = False,
+                           deepspeed: bool = False) -> tuple[str | None, dict | None]:
+    """The newest complete checkpoint of any kind in ``output_dir``: ``checkpoint-latest/best/N.pth`` and, for a
+    DeepSpeed run, ``checkpoint-N/`` tag folders (whose model-states file supplies the returned dict).
+
+    Broken candidates are skipped with a message naming the file. Returns ``(None, None)`` when there is no
+    checkpoint at all; raises CheckpointError naming every candidate when all of them are broken (a run that
+    has checkpoints must never silently start over).
     """
-    candidates = []
-    for path in list_checkpoints(output_dir):
-        if os.path.basename(path) == "checkpoint-best.pth":
+    paths = list_checkpoints(output_dir) + (list_deepspeed_tags(output_dir) if deepspeed else [])
+    good, broken = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            problem = check_deepspeed_tag(path)
+            file = os.path.join(path, DEEPSPEED_MODEL_FILE)
+        else:
+            problem = None if is_complete_checkpoint(path) else f"{path} is truncated or corrupt"
+            file = path
+        if problem is None:
+            try:
+                ckpt = load_checkpoint(file, trust_checkpoint, mmap=True)
+            except CheckpointError as e:
+                problem = str(e)
+        if problem is not None:
+            log(f"auto-resume: skipping {os.path.basename(path)}: {problem}")
+            broken.append(problem)
             continue
-        if not is_complete_checkpoint(path):
-            log(f"auto-resume: skipping {path}: truncated or corrupt checkpoint")
-            continue
-        try:
-            ckpt = load_checkpoint(path, trust_checkpoint)
-        except CheckpointError as e:
-            log(f"auto-resume: skipping {path}: {e}")
-            continue
-        epoch = ckpt.get("epoch", -1) if isinstance(ckpt, dict) else -1
-        candidates.append((int(epoch) if epoch is not None else -1, os.path.getmtime(path), path, ckpt))
-    if not candidates:
+        good.append((_candidate_key(path, ckpt, deepspeed), path, ckpt))
+    if not good:
+        if broken:
+            raise CheckpointError(f"auto-resume: every checkpoint in {output_dir} is unusable, refusing to start "
+                                  f"over and overwrite them:\n  " + "\n  ".join(broken) +
+                                  "\nrepair or move them, or pass --no_auto_resume (or a new --output_dir)")
         return None, None
-    candidates.sort(key=lambda c: (c[0], c[1]))
-    _, _, path, ckpt = candidates[-1]
+    _, path, ckpt = max(good, key=lambda g: g[0])
     return path, ckpt
 
 
-def find_deepspeed_tag(output_dir: str) -> str | None:
-    """Newest complete DeepSpeed tag folder (``checkpoint-{epoch}`` with a ``latest`` file written last)."""
-    if not output_dir or not os.path.isdir(output_dir):
+def best_record(output_dir: str, log=print) -> dict | None:
+    """The ``best`` record ({'acc1', 'epoch'}) stored in ``checkpoint-best.pth`` (tensors are not read)."""
+    path = os.path.join(output_dir or "", "checkpoint-best.pth")
+    if not os.path.isfile(path):
         return None
-    latest = os.path.join(output_dir, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            tag = f.read().strip()
-        if os.path.isdir(os.path.join(output_dir, tag)):
-            return tag
-    return None
+    try:
+        rec = load_checkpoint(path, mmap=True).get("best")
+    except CheckpointError as e:
+        log(f"warning: cannot read the best record of {path}: {e}")
+        return None
+    return dict(rec) if isinstance(rec, dict) else None
+
+
+def describe_state_dict(sd: dict) -> str:
+    """'width 192, 24 blocks, 400 classes' from a model state dict (the parts that exist)."""
+    parts = []
+    for k in ("patch_embed.proj.weight", "cls_token", "pos_embed"):
+        if k in sd and hasattr(sd[k], "shape"):
+            parts.append(f"width {sd[k].shape[0] if k.endswith('weight') else sd[k].shape[-1]}")
+            break
+    idx = {int(m.group(1)) for k in sd for m in [re.match(r"^(?:layers|blocks)\.(\d+)\.", k)] if m}
+    if idx:
+        parts.append(f"{max(idx) + 1} blocks")
+    if "head.weight" in sd and hasattr(sd["head.weight"], "shape"):
+        parts.append(f"{sd['head.weight'].shape[0]} classes")
+    return ", ".join(parts) or f"{len(sd)} tensors"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import yaml
 
@@ -64,22 +65,53 @@ def load_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
     return out
 
 
+def explicit_dests(parser: argparse.ArgumentParser, argv) -> set:
+    """The flags (by dest) the user gave on the command line."""
+    tokens = [t for t in argv if t.startswith("-")]
+    out = set()
+    for a in parser._actions:
+        for opt in a.option_strings:
+            if any(t == opt or t.startswith(opt + "=") for t in tokens):
+                out.add(a.dest)
+    return out
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Two-pass parse: read --config first, set those as defaults, then parse the full command line."""
+    """Two-pass parse: read --config first, set those as defaults, then parse the full command line.
+
+    ``args._explicit`` holds the dests the user set (command line or --config): on resume, a checkpoint's
+    architecture fills the others, and a conflict with an explicit one is an error."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
+    from_yaml = {}
     if known.config:
-        parser.set_defaults(**load_yaml_defaults(parser, known.config))
+        from_yaml = load_yaml_defaults(parser, known.config)
+        parser.set_defaults(**from_yaml)
     args = parser.parse_args(argv)
     args.config = known.config
+    args._explicit = sorted(explicit_dests(parser, argv) | set(from_yaml))
     return args
 
 
-def dump_args_yaml(args: argparse.Namespace, path: str) -> None:
+def dump_args_yaml(args: argparse.Namespace, path: str) -> str | None:
+    """Write the resolved args (private ``_`` entries left out). An existing file is kept as ``args.N.yaml``
+    (the next free N), so a rerun in the same folder never loses the record of an earlier run. Returns the name
+    the old file was moved to, if any."""
     from .checkpoint_io import to_plain
 
-    plain = {k: v for k, v in to_plain(args).items() if not hasattr(v, "shape")}
+    plain = {k: v for k, v in to_plain(args).items() if not hasattr(v, "shape") and not k.startswith("_")}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    kept = None
+    if os.path.exists(path):
+        stem, ext = os.path.splitext(path)
+        n = 1
+        while os.path.exists(f"{stem}.{n}{ext}"):
+            n += 1
+        kept = f"{stem}.{n}{ext}"
+        os.replace(path, kept)
+    with open(path + ".tmp", "w") as f:
         yaml.safe_dump(plain, f, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return kept

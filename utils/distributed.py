@@ -2,15 +2,23 @@
 
 Single process without a launcher runs without a process group (``args.distributed = False``).
 torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; SLURM sets SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and the
-master address comes from MASTER_ADDR or ``scontrol show hostnames``. gloo on CPU, nccl on GPU.
+master address comes from MASTER_ADDR or ``scontrol show hostnames``.
+
+On CUDA the process group is ``cuda:nccl,cpu:gloo``: NCCL carries CUDA tensors and gloo the CPU tensors
+(loss flags, meters, evaluation counts), so a collective works whatever device its tensor is on. On CPU it is
+``cpu:gloo``. Every collective of ours goes through ``collective(name)``: a timeout (``--dist_timeout``) or a
+dead peer is reported with the collective's name and this rank, instead of a bare backend error.
 """
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime
 import os
 import socket
 import subprocess
+import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -32,9 +40,45 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def barrier() -> None:
-    if is_dist_avail_and_initialized():
-        dist.barrier()
+DEFAULT_TIMEOUT_MIN = 10.0
+_timeout = datetime.timedelta(minutes=DEFAULT_TIMEOUT_MIN)
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed (timed out or lost a peer); the message names it, the rank and the timeout."""
+
+
+def process_group_backend(use_cuda: bool) -> str:
+    """The backend string for init_process_group: NCCL for CUDA tensors plus gloo for CPU tensors on GPUs."""
+    return "cuda:nccl,cpu:gloo" if use_cuda else "cpu:gloo"
+
+
+@contextlib.contextmanager
+def collective(name: str):
+    """Run one collective; on failure raise CollectiveError naming it (and print that on this rank)."""
+    t0 = time.time()
+    try:
+        yield
+    except Exception as e:  # gloo/NCCL raise RuntimeError / DistBackendError subclasses
+        waited = time.time() - t0
+        msg = (f"rank {get_rank()}/{get_world_size()}: collective '{name}' failed after {waited:.0f} s "
+               f"(--dist_timeout {_timeout.total_seconds() / 60:g} min): another rank stalled or died before "
+               f"reaching it. Backend error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+        raise CollectiveError(msg) from e
+
+
+def barrier(name: str = "barrier") -> None:
+    """All ranks meet here. With gloo available the barrier is monitored: on a timeout, rank 0 names the
+    ranks that never arrived."""
+    if not is_dist_avail_and_initialized():
+        return
+    with collective(name):
+        if "gloo" in str(dist.get_backend()):
+            dist.monitored_barrier(timeout=_timeout, wait_all_ranks=True)
+        else:
+            dist.barrier()
 
 
 def free_port() -> int:
@@ -99,7 +143,9 @@ def init_distributed_mode(args) -> None:
     args.rank, args.world_size, args.gpu = launch["rank"], launch["world_size"], launch["local_rank"]
     args.launcher = launch["source"]
     use_cuda = torch.cuda.is_available() and str(getattr(args, "device", "cuda")).startswith("cuda")
-    args.dist_backend = "nccl" if use_cuda else "gloo"
+    args.dist_backend = process_group_backend(use_cuda)
+    global _timeout
+    _timeout = datetime.timedelta(minutes=float(getattr(args, "dist_timeout", None) or DEFAULT_TIMEOUT_MIN))
     if launch["source"] == "slurm":
         os.environ.setdefault("MASTER_ADDR", _slurm_master_addr())
         os.environ.setdefault("MASTER_PORT", "29500")
@@ -116,23 +162,27 @@ def init_distributed_mode(args) -> None:
         torch.cuda.set_device(args.gpu)
     if not is_dist_avail_and_initialized():
         dist.init_process_group(backend=args.dist_backend, init_method="env://", world_size=args.world_size,
-                                rank=args.rank, timeout=datetime.timedelta(minutes=30))
+                                rank=args.rank, timeout=_timeout)
     setup_for_distributed(args.rank == 0)
     print(f"| distributed init ({args.launcher}, {args.dist_backend}): rank {args.rank}/{args.world_size}, "
-          f"local rank {args.gpu}", flush=True)
+          f"local rank {args.gpu}, collective timeout {_timeout.total_seconds() / 60:g} min", flush=True)
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(x: torch.Tensor, name: str = "all_reduce") -> torch.Tensor:
     if is_dist_avail_and_initialized():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        with collective(name):
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
 
 
-def all_reduce_max_int(value: int, device="cpu") -> int:
-    t = torch.tensor([int(value)], dtype=torch.long, device=device)
-    if is_dist_avail_and_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+def all_gather_object(obj, name: str = "all_gather_object") -> list:
+    """Every rank's ``obj`` (picklable plain data), in rank order; ``[obj]`` without a process group."""
+    if not is_dist_avail_and_initialized():
+        return [obj]
+    out = [None] * get_world_size()
+    with collective(name):
+        dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup() -> None:

@@ -27,7 +27,7 @@ class SmoothedValue:
         self.total += value * n
 
     def synchronize_between_processes(self):
-        t = all_reduce_sum(torch.tensor([self.count, self.total], dtype=torch.float64))
+        t = all_reduce_sum(torch.tensor([self.count, self.total], dtype=torch.float64), name="metric meters")
         self.count, self.total = int(t[0].item()), float(t[1].item())
 
     @property
@@ -147,6 +147,50 @@ def append_json_log(output_dir: str | None, stats: dict) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "log.txt"), "a") as f:
         f.write(json.dumps(stats) + "\n")
+
+
+def drop_epochs_from(output_dir: str | None, start_epoch: int) -> int:
+    """Before a resumed run trains epoch ``start_epoch`` again: move the log.txt lines of epochs >= start_epoch
+    (and any result lines after them) to log.txt.superseded, and the same summary.csv rows to
+    summary.csv.superseded, so that no epoch is logged twice and nothing is lost. Returns the lines moved."""
+    if not output_dir or not is_main_process():
+        return 0
+    moved = 0
+    for name, epoch_of in (("log.txt", _json_epoch), ("summary.csv", _csv_epoch)):
+        path = os.path.join(output_dir, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            lines = f.readlines()
+        keep, drop, dropping = [], [], False
+        for i, line in enumerate(lines):
+            ep = epoch_of(line, i)
+            dropping = dropping or (ep is not None and ep >= start_epoch)
+            (drop if dropping else keep).append(line)
+        if not drop:
+            continue
+        with open(path + ".superseded", "a") as f:
+            f.writelines(drop)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+        moved += len(drop) if name == "log.txt" else 0
+    return moved
+
+
+def _json_epoch(line: str, _i: int):
+    try:
+        ep = json.loads(line).get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return int(ep) if isinstance(ep, int) else None
+
+
+def _csv_epoch(line: str, i: int):
+    if i == 0:
+        return None  # header
+    head = line.split(",", 1)[0]
+    return int(head) if head.strip().isdigit() else None
 
 
 def update_summary(output_dir: str | None, row: dict, filename: str = "summary.csv") -> None:
