@@ -19,17 +19,20 @@ SCAN_BACKENDS = ("auto", "reference", "torch", "cuda", "triton")
 DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "IMNET", "video", "rawframe",
              # VideoMamba's names (video_sm/run_class_finetuning.py), meaning kept: see datasets.build
              "Kinetics", "Kinetics_sparse", "mitv1_sparse", "COIN", "Breakfast", "LVU")
-# --data_set names only VideoMamba's scripts use: with --defaults auto they select VideoMamba's defaults.
+# --data_set names only VideoMamba's scripts use, and VideoMamba's model names: with --defaults auto either selects
+# VideoMamba's defaults (its commands run unchanged with their meaning).
 UPSTREAM_ONLY_DATA_SETS = ("Kinetics", "Kinetics_sparse", "mitv1_sparse", "COIN", "Breakfast", "LVU")
+UPSTREAM_MODELS = ("videomamba_tiny", "videomamba_small", "videomamba_middle")
 
 # Flags whose default depends on --defaults (None in the parser = not given on the command line).
 OUR_DEFAULTS = dict(num_sample=1, layer_decay=1.0, layer_decay_mode="block", weight_decay_ssm=False, tubelet_size=1,
                     init="default")
 # VideoMamba's video_sm/run_class_finetuning.py defaults, with the layer decay it effectively applies (its per-block
 # branch is disabled: only patch_embed / cls_token / pos_embed are decayed), A_log/A_b_log weight decay (its groups
-# skip only 1-D params, biases and no_weight_decay() names) and its from-scratch initialisation.
+# skip only 1-D params, biases and no_weight_decay() names) and its from-scratch initialisation. Not its
+# --tubelet_size 2: every VideoMamba script and released checkpoint uses 1, so 1 stays the default.
 VIDEOMAMBA_DEFAULTS = dict(num_sample=2, layer_decay=0.75, layer_decay_mode="videomamba", weight_decay_ssm=True,
-                           tubelet_size=2, orig_t_size=8, init="videomamba")
+                           tubelet_size=1, orig_t_size=8, init="videomamba")
 
 # Flags of VideoMamba's run_class_finetuning.py that are accepted for its command lines to run unchanged but change
 # nothing here: (dest, default, why). A value other than the default is warned about once.
@@ -84,7 +87,8 @@ def _log_once(msg, _seen=set()):  # noqa: B006  (module-level memo: each message
 def resolve_args(args, parser=None, log=_log_once) -> None:
     """Fill the defaults that depend on other flags (see ``--defaults``) and map VideoMamba's flags to ours."""
     if args.defaults == "auto":
-        args.defaults = "videomamba" if args.data_set in UPSTREAM_ONLY_DATA_SETS else "ours"
+        upstream = args.data_set in UPSTREAM_ONLY_DATA_SETS or args.model in UPSTREAM_MODELS
+        args.defaults = "videomamba" if upstream else "ours"
     table = VIDEOMAMBA_DEFAULTS if args.defaults == "videomamba" else OUR_DEFAULTS
     filled = {k: v for k, v in table.items() if getattr(args, k, None) is None}
     for k, v in filled.items():
@@ -150,7 +154,8 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--model", default="videomambapro_tiny", type=str)
     g.add_argument("--input_size", default=224, type=int)
     g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--tubelet_size", type=int, default=None, help="default 1 (VideoMamba's parser: 2)")
+    g.add_argument("--tubelet_size", type=int, default=None,
+                   help="default 1 (VideoMamba's parser says 2; its scripts and checkpoints use 1)")
     g.add_argument("--drop_path", type=float, default=0.1)
     g.add_argument("--fc_drop_rate", type=float, default=0.0)
     g.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
@@ -177,7 +182,7 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--defaults", choices=("auto", "ours", "videomamba"), default="auto",
                    help="defaults of the flags a command leaves out: ours, or VideoMamba's run_class_finetuning.py "
                         f"({VIDEOMAMBA_DEFAULTS}, ImageNet-1K start). auto: VideoMamba's when --data_set is one of "
-                        f"its own names {UPSTREAM_ONLY_DATA_SETS}")
+                        f"its own names {UPSTREAM_ONLY_DATA_SETS} or --model one of {UPSTREAM_MODELS}")
     g.add_argument("--lr_scale_rule", choices=("linear256", "deit512"), default="linear256",
                    help="linear256: lr, min_lr, warmup_lr x total batch x num_sample / 256 (video fine-tuning); "
                         "deit512: lr x total batch / 512 only (DeiT / VideoMamba ImageNet)")
