@@ -1,15 +1,17 @@
 """Video classification datasets: VideoClsDataset (mp4 etc. via decord / PyAV) and RawFrameClsDataset.
 
 Items (see the data contract):
-    train -> (clip, label, index, n_replaced)            clip float32 (3, T, S, S)
-             with num_sample > 1: ([clip]*k, [label]*k, [index]*k, n_replaced) -> multiple_samples_collate
+    train -> (clip, label, index, bad)                   clip float32 (3, T, S, S)
+             with num_sample > 1: ([clip]*k, [label]*k, [index]*k, bad) -> multiple_samples_collate
     val   -> (clip, label, video_id, ok)
     test  -> (clip, label, video_id, chunk_nb, split_nb, ok)   len = videos x test_num_segment x test_num_crop
 
-Unreadable samples: in train they are logged (logging.warning, with the reason), counted and replaced by a
-random other sample; n_replaced says how many replacements this item needed; more than ``max_bad_samples``
-in one dataset instance (i.e. per DataLoader worker) raises RuntimeError listing them. In val/test they are
-never replaced: RuntimeError naming the file, or with ``skip_bad_test`` a zero clip and ok=False.
+Unreadable samples: in train they are replaced by a random other sample; ``bad`` names the files this item
+replaced, newline-joined ('' when none), so the engine can count distinct files over the whole run (all workers
+and ranks) against --max_bad_samples and log each once. A worker that alone has seen more than
+``max_bad_samples`` distinct unreadable files raises TooManyBadSamplesError (the run's set is at least as large).
+In val/test they are never replaced: UnreadableEvalSampleError naming the file and list line, or with
+``skip_bad_test`` a zero clip and ok=False (reported by name and counted as a miss by the engine).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from utils.errors import TooManyBadSamplesError, UnreadableEvalSampleError
 
 from .lists import Sample, read_list
 from .sampling import sample_indices
@@ -90,8 +94,9 @@ class _ClipDataset(Dataset):
         return n * self.test_num_segment * self.test_num_crop if self.mode == "test" else n
 
     def _record_bad(self, sample: Sample, err: VideoReadError) -> None:
+        if sample.path not in {p for p, _ in self.bad_samples}:
+            logger.debug("unreadable sample %s (%s:%d): %s", sample.path, self.list_file, sample.line_no, err.reason)
         self.bad_samples.append((sample.path, err.reason))
-        logger.warning("unreadable sample %s (%s:%d): %s", sample.path, self.list_file, sample.line_no, err.reason)
 
     def __getitem__(self, index: int):
         if self.mode == "train":
@@ -108,7 +113,7 @@ class _ClipDataset(Dataset):
         return clip, sample.label, _video_id(sample.rel_path), chunk_nb, split_nb, ok
 
     def _train_item(self, index: int):
-        n_replaced = 0
+        bad: List[str] = []
         while True:
             sample = self.samples[index]
             try:
@@ -116,18 +121,20 @@ class _ClipDataset(Dataset):
                 break
             except VideoReadError as e:
                 self._record_bad(sample, e)
-                if len(self.bad_samples) > self.max_bad_samples:
-                    listed = "; ".join(f"{p}: {r}" for p, r in self.bad_samples[-20:])
-                    raise RuntimeError(
-                        f"{len(self.bad_samples)} unreadable training samples in {self.list_file} (more than "
-                        f"--max_bad_samples {self.max_bad_samples}); last ones: {listed}") from e
-                n_replaced += 1
+                distinct = dict(self.bad_samples)
+                if len(distinct) > self.max_bad_samples or len(bad) >= 100:
+                    listed = "; ".join(f"{p}: {r}" for p, r in list(distinct.items())[-10:])
+                    raise TooManyBadSamplesError(
+                        f"{len(distinct)} distinct unreadable training files in {self.list_file} (more than "
+                        f"--max_bad_samples {self.max_bad_samples}): {listed}") from e
+                bad.append(sample.path)
                 index = random.randrange(len(self.samples))
         clips = [self.train_transform(frames) for _ in range(self.num_sample)]
+        names = "\n".join(dict.fromkeys(bad))
         if self.num_sample == 1:
-            return clips[0], sample.label, index, n_replaced
+            return clips[0], sample.label, index, names
         k = self.num_sample
-        return clips, [sample.label] * k, [index] * k, n_replaced
+        return clips, [sample.label] * k, [index] * k, names
 
     def _eval_clip(self, sample: Sample, mode: str, view: int, crop: int, num_crops: int):
         try:
@@ -135,9 +142,10 @@ class _ClipDataset(Dataset):
         except VideoReadError as e:
             self._record_bad(sample, e)
             if not self.skip_bad_test:
-                raise RuntimeError(f"cannot read {mode} sample {sample.path} ({self.list_file}:{sample.line_no}): "
-                                   f"{e.reason}. Fix or remove it, or pass --skip_bad_test to exclude it from "
-                                   f"the evaluation (it is then reported and counted)") from e
+                raise UnreadableEvalSampleError(
+                    f"cannot read {mode} sample {sample.path} ({self.list_file}:{sample.line_no}): {e.reason}. Fix or "
+                    f"remove it, or pass --skip_bad_test to exclude it from the evaluation (it is then reported by "
+                    f"name and counted as a miss)") from e
             return torch.zeros(3, self.num_frames, self.input_size, self.input_size), False
         return video_eval_transform(frames, self.short_side_size, self.input_size, crop, num_crops), True
 
@@ -177,11 +185,11 @@ class RawFrameClsDataset(_ClipDataset):
 def multiple_samples_collate(batch):
     """Collate for ``num_sample > 1``: flattens the per-video lists into one batch of B*k clips.
 
-    Returns (clips (B*k, 3, T, S, S), labels (B*k,), indices (B*k,), n_replaced: 0-d long tensor, the sum).
+    Returns (clips (B*k, 3, T, S, S), labels (B*k,), indices (B*k,), bad: list of the items' bad-file strings).
     Items with a single clip (num_sample == 1) are accepted too."""
-    clips, labels, indices, n_rep = [], [], [], 0
+    clips, labels, indices, bad = [], [], [], []
     for item in batch:
-        c, y, i, n = item
+        c, y, i, names = item
         if isinstance(c, (list, tuple)):
             clips.extend(c)
             labels.extend(y)
@@ -190,6 +198,5 @@ def multiple_samples_collate(batch):
             clips.append(c)
             labels.append(y)
             indices.append(i)
-        n_rep += int(n)
-    return (torch.stack(clips), torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long),
-            torch.tensor(n_rep, dtype=torch.long))
+        bad.append(names)
+    return (torch.stack(clips), torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long), bad)

@@ -1,5 +1,4 @@
 """Video / raw-frame datasets: decoded pixels, reader agreement, items, bad data, DataLoader workers."""
-import logging
 import os
 import random
 
@@ -19,6 +18,7 @@ from datasets import (
     read_video_frames,
 )
 from tests.data_utils import frame_number, numbered_frames, synthetic_dataset, tiny_data_args, write_frames, write_video  # noqa: F401
+from utils.errors import TooManyBadSamplesError, UnreadableEvalSampleError
 
 EVAL = dict(num_frames=4, input_size=32, short_side_size=32, aa=None, reprob=0.0)
 
@@ -84,14 +84,14 @@ def test_train_items_and_num_sample(synthetic_dataset):  # noqa: F811
     args = tiny_data_args(synthetic_dataset)
     ds, n = build_dataset(True, False, args)
     assert n == 4 and len(ds) == 8
-    clip, label, index, n_rep = ds[3]
+    clip, label, index, bad = ds[3]
     assert clip.shape == (3, 4, 32, 32) and clip.dtype == torch.float32
-    assert label == ds.samples[3].label and index == 3 and n_rep == 0
+    assert label == ds.samples[3].label and index == 3 and bad == ""
     ds2, _ = build_dataset(True, False, tiny_data_args(synthetic_dataset, num_sample=3))
     batch = multiple_samples_collate([ds2[0], ds2[1]])
-    x, y, idx, n_rep = batch
+    x, y, idx, bad = batch
     assert x.shape == (6, 3, 4, 32, 32) and y.tolist() == [ds2.samples[0].label] * 3 + [ds2.samples[1].label] * 3
-    assert idx.tolist() == [0, 0, 0, 1, 1, 1] and int(n_rep) == 0
+    assert idx.tolist() == [0, 0, 0, 1, 1, 1] and bad == ["", ""]
     assert not torch.equal(x[0], x[1])  # repeated augmentation: different augmentations of one video
 
 
@@ -100,8 +100,8 @@ def test_dataloader_two_workers_runs_through(synthetic_dataset, raw):  # noqa: F
     ds, _ = build_dataset(True, False, tiny_data_args(synthetic_dataset, use_rawframes=raw))
     loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=True, drop_last=True)
     seen = []
-    for x, _y, idx, n_rep in loader:
-        assert x.shape == (4, 3, 4, 32, 32) and torch.isfinite(x).all() and n_rep.sum() == 0
+    for x, _y, idx, bad in loader:
+        assert x.shape == (4, 3, 4, 32, 32) and torch.isfinite(x).all() and list(bad) == [""] * 4
         seen += idx.tolist()
     assert sorted(seen) == list(range(8))
     ds, _ = build_dataset(False, True, tiny_data_args(synthetic_dataset, use_rawframes=raw))
@@ -147,17 +147,16 @@ BAD = ["zero_byte", "truncated", "truncated_data", "zero_frames", "missing"]
 
 
 @pytest.mark.parametrize("kind", BAD)
-def test_bad_train_video_is_logged_counted_and_replaced(tmp_path, kind, caplog):
+def test_bad_train_video_is_named_and_replaced(tmp_path, kind):
     name = _make_bad(tmp_path, kind)
     write_video(str(tmp_path / "good.mp4"), numbered_frames(8, 32, 64))
     (tmp_path / "train.csv").write_text(f"{name} 0\ngood.mp4 1\n")
     ds = VideoClsDataset(str(tmp_path / "train.csv"), "train", **EVAL)
     random.seed(0)
-    with caplog.at_level(logging.WARNING):
-        clip, label, index, n_rep = ds[0]
-    assert (label, index) == (1, 1) and n_rep >= 1 and len(ds.bad_samples) == n_rep
+    clip, label, index, bad = ds[0]
+    assert (label, index) == (1, 1) and len(ds.bad_samples) >= 1
+    assert bad.split("\n") == [ds.samples[0].path] and bad.endswith(name)  # each file once per item
     assert clip.shape == (3, 4, 32, 32)
-    assert name in caplog.text and "train.csv:1" in caplog.text
 
 
 @pytest.mark.parametrize("kind", BAD)
@@ -165,7 +164,7 @@ def test_bad_eval_video_raises_or_is_skipped(tmp_path, kind):
     name = _make_bad(tmp_path, kind)
     (tmp_path / "val.csv").write_text(f"{name} 2\n")
     ds = VideoClsDataset(str(tmp_path / "val.csv"), "validation", **EVAL)
-    with pytest.raises(RuntimeError, match=f"{name}.*--skip_bad_test"):
+    with pytest.raises(UnreadableEvalSampleError, match=f"{name}.*--skip_bad_test"):
         ds[0]
     ds = VideoClsDataset(str(tmp_path / "val.csv"), "test", skip_bad_test=True, test_num_segment=2, test_num_crop=1,
                          **EVAL)
@@ -179,9 +178,13 @@ def test_bad_sample_cap_raises_with_names(tmp_path):
     names = [_make_bad(tmp_path, k) for k in ("zero_byte", "missing", "truncated")]
     (tmp_path / "train.csv").write_text("".join(f"{n} 0\n" for n in names))
     ds = VideoClsDataset(str(tmp_path / "train.csv"), "train", max_bad_samples=2, **EVAL)
-    with pytest.raises(RuntimeError, match=r"3 unreadable training samples.*max_bad_samples 2") as e:
+    with pytest.raises(TooManyBadSamplesError, match=r"3 distinct unreadable training files.*max_bad_samples 2") as e:
         ds[0]
-    assert any(n in str(e.value) for n in names)
+    assert all(n in str(e.value) for n in names)
+    # a list where every file is bad never loops forever, whatever the cap
+    ds = VideoClsDataset(str(tmp_path / "train.csv"), "train", max_bad_samples=1000, **EVAL)
+    with pytest.raises(TooManyBadSamplesError):
+        ds[0]
 
 
 def test_missing_rawframe_is_bad_sample(tmp_path, numbered):
