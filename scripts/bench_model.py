@@ -1,9 +1,18 @@
 #!/usr/bin/env python
-"""Training-step throughput (forward + backward, clips/s) and peak memory vs frames, VideoMambaPro
-next to VideoMamba, in one table.
+"""Training-step throughput (forward + backward, clips/s) and peak memory vs frames for any registered models,
+side by side with the ratio to VideoMambaPro (the shape of VideoMamba's Fig. 1), plus analytic GFLOPs
+(scripts/count_flops.py), in one table; then how each model's time and memory grow from the fewest frames to
+the most.
 
-    python scripts/bench_model.py --device cuda --size tiny --frames 8 16 32 64 --img_size 224 --batch_size 8
-    python scripts/bench_model.py                      # CPU default: the 'test' size, 32 px, small batch
+    python scripts/bench_model.py --device cuda --models videomambapro_tiny videomamba_tiny timesformer_tiny \
+        vivit_tiny videomambaout_tiny --frames 8 16 32 64 --img_size 224 --batch_size 8
+    python scripts/bench_model.py --models videomambapro_tiny timesformer_tiny --img_size 64   # CPU, reduced
+    python scripts/bench_model.py                      # CPU default: videomambapro_test vs videomamba_test, 32 px
+
+``--size S`` (without ``--models``) compares ``videomambapro_S`` and ``videomamba_S``. The reference of the
+ratio columns is the first ``videomambapro_*`` model given (else the first model). Each model keeps its own
+tubelet (ViViT 2, the others 1) unless ``--tubelet_size`` is given; ``tokens`` is the longest sequence a block
+sees (ViViT: the spatial transformer's 1 + n per frame, all frames together).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the peak resident set above the
 RSS before each configuration (Linux VmHWM, reset through /proc/self/clear_refs), measured with glibc's mmap
@@ -35,6 +44,8 @@ def bench_one(name, frames, args, device):
     import timm
 
     kw = dict(num_frames=frames, img_size=args.img_size, num_classes=400)
+    if args.tubelet_size is not None:
+        kw["tubelet_size"] = args.tubelet_size
     model = timm.create_model(name, **kw).to(device)
     if args.use_checkpoint:
         model.set_grad_checkpointing(True)
@@ -76,13 +87,37 @@ def _cpu_memory(name, frames, argv):
     return float(p.stdout.strip().splitlines()[-1])
 
 
+def _measure(name, frames, args, argv, device):
+    """(clips/s, peak MiB) of one configuration; NaNs when it does not fit in GPU memory."""
+    try:
+        tput, mem = bench_one(name, frames, args, device)
+        if device.type == "cpu":
+            mem = _cpu_memory(name, frames, argv)
+        return tput, mem
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return float("nan"), float("nan")
+
+
+def _flops(name, frames, args):
+    from count_flops import count_model  # noqa: E402  (this folder)
+
+    try:
+        return count_model(name, frames, args.img_size, 400, args.tubelet_size)["total"] / 1e9
+    except (ValueError, KeyError):
+        return float("nan")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", default=None, help="tiny|small|middle|demo|test (default: tiny on CUDA, test on CPU)")
+    p.add_argument("--models", nargs="+", default=None, help="registered model names (default: --size's pair)")
+    p.add_argument("--size", default=None, help="tiny|small|middle|demo|test: videomambapro_S vs videomamba_S "
+                   "(default: tiny on CUDA, test on CPU)")
     p.add_argument("--frames", nargs="+", type=int, default=[8, 16, 32, 64])
     p.add_argument("--img_size", type=int, default=None, help="default 224 on CUDA, 32 on CPU")
     p.add_argument("--batch_size", type=int, default=None, help="default 8 on CUDA, 2 on CPU")
+    p.add_argument("--tubelet_size", type=int, default=None, help="default: each model's own")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -95,33 +130,57 @@ def main(argv=None):
     args.size = args.size or ("test" if cpu else "tiny")
     args.img_size = args.img_size or (32 if cpu else 224)
     args.batch_size = args.batch_size or (2 if cpu else 8)
+    names = args.models or [f"videomambapro_{args.size}", f"videomamba_{args.size}"]
 
-    import models  # noqa: F401
+    import timm
+
+    import models
     from mamba.ops import resolve_backend, set_scan_backend
 
+    unknown = [n for n in names if n not in models.registered_models()]
+    if unknown:
+        raise SystemExit(f"error: not registered by models/: {unknown}")
     if args.scan_backend:
         set_scan_backend(args.scan_backend)
     if args.mem_worker:  # one CPU memory measurement (see the module docstring), printed as the last line
         print(bench_one(args.mem_worker[0], int(args.mem_worker[1]), args, device)[1])
         return
-    print(f"device {device}, size {args.size}, img {args.img_size}, batch {args.batch_size}, "
-          f"scan backend {resolve_backend(device.type)}, bf16 {args.bf16}, threads {torch.get_num_threads()}")
+    ref = next((n for n in names if n.startswith("videomambapro_")), names[0])
+    print(f"device {device}, img {args.img_size}, batch {args.batch_size}, scan backend {resolve_backend(device.type)}, "
+          f"bf16 {args.bf16}, threads {torch.get_num_threads()}; ratios vs {ref}")
     mem_name = "peak MiB" if not cpu else "peak RSS +MiB"
-    print(f"{'frames':>6} {'tokens':>7} | {'Pro clips/s':>11} {'VM clips/s':>10} {'Pro/VM':>6} | "
-          f"{'Pro ' + mem_name:>17} {'VM ' + mem_name:>16}")
-    n = (args.img_size // 16) ** 2
+    w = max(len(n) for n in names)
+    print(f"{'frames':>6} {'model':<{w}} {'tokens':>7} {'GFLOPs':>8} | {'clips/s':>8} {'x ref':>6} | "
+          f"{mem_name:>13} {'x ref':>6}")
+    results = {}
     for f in args.frames:
-        row = {}
-        for arch in ("videomambapro", "videomamba"):
-            try:
-                row[arch] = bench_one(f"{arch}_{args.size}", f, args, device)
-                if cpu:
-                    row[arch] = (row[arch][0], _cpu_memory(f"{arch}_{args.size}", f, argv))
-            except torch.cuda.OutOfMemoryError:
-                row[arch] = (float("nan"), float("nan"))
-                torch.cuda.empty_cache()
-        (tp, mp), (tv, mv) = row["videomambapro"], row["videomamba"]
-        print(f"{f:>6} {1 + n * f:>7} | {tp:>11.2f} {tv:>10.2f} {tp / tv:>6.2f} | {mp:>17.0f} {mv:>16.0f}")
+        row = {n: _measure(n, f, args, argv, device) for n in names}
+        tr, mr = row[ref]
+        for n in names:
+            tput, mem = row[n]
+            results[(n, f)] = (tput, mem)
+            with torch.device("meta"):
+                kw = {} if args.tubelet_size is None else {"tubelet_size": args.tubelet_size}
+                m = timm.create_model(n, num_frames=f, img_size=args.img_size, **kw)
+            tokens = _tokens(m)
+            print(f"{f:>6} {n:<{w}} {tokens:>7} {_flops(n, f, args):>8.3g} | {tput:>8.2f} {tput / tr:>6.2f} | "
+                  f"{mem:>13.0f} {mem / mr:>6.2f}", flush=True)
+    if len(args.frames) > 1:
+        f0, f1 = min(args.frames), max(args.frames)
+        print(f"\ngrowth from {f0} to {f1} frames ({f1 / f0:.0f}x the frames): step time and peak memory ratios")
+        print(f"{'model':<{w}} {'time x':>7} {'memory x':>8}")
+        for n in names:
+            (t0, m0), (t1, m1) = results[(n, f0)], results[(n, f1)]
+            print(f"{n:<{w}} {t0 / t1:>7.2f} {m1 / m0:>8.2f}")
+
+
+def _tokens(model):
+    """The longest token sequence one block of ``model`` sees (clip-level for the isotropic models)."""
+    pe = model.patch_embed
+    t = model.num_frames // model.tubelet_size
+    if hasattr(model, "temporal_blocks"):  # ViViT: spatial blocks see 1 + n tokens per frame
+        return t * (1 + pe.num_patches)
+    return t * pe.num_patches + (1 if hasattr(model, "cls_token") else 0)
 
 
 if __name__ == "__main__":
