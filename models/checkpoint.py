@@ -30,7 +30,6 @@ __all__ = [
 
 PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
 DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
-WRAPPER_KEYS = ("model", "module", "state_dict", "model_ema")
 
 
 def _resolve_path(path: str) -> str:
@@ -110,17 +109,16 @@ def inflate_patch_kernel(w: torch.Tensor, t: int, mode: str = "center") -> torch
 
 
 def resize_pos_embed(pos: torch.Tensor, new_grid, num_prefix: int = 1) -> torch.Tensor:
-    """``(1, num_prefix + h*w, d)`` -> ``(1, num_prefix + H*W, d)``; the old grid must be square."""
-    prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
-    n = grid.shape[1]
+    """``(1, num_prefix + h*w, d)`` -> ``(1, num_prefix + H*W, d)`` (bicubic, as VideoMamba); the old grid must be
+    square. timm's ``resample_abs_pos_embed`` does the work."""
+    from timm.layers import resample_abs_pos_embed
+
+    n = pos.shape[1] - num_prefix
     s = int(round(math.sqrt(n)))
     if s * s != n:
         raise ValueError(f"pos_embed has {n} patch positions, not a square grid; cannot resize")
-    H, W = new_grid
-    g = grid.reshape(1, s, s, -1).permute(0, 3, 1, 2).float()
-    g = F.interpolate(g, size=(H, W), mode="bicubic", align_corners=False)
-    g = g.permute(0, 2, 3, 1).reshape(1, H * W, -1).to(pos.dtype)
-    return torch.cat([prefix, g], dim=1)
+    return resample_abs_pos_embed(pos, list(new_grid), old_size=[s, s], num_prefix_tokens=num_prefix,
+                                  interpolation="bicubic", antialias=False)
 
 
 def resize_temporal_embedding(temb: torch.Tensor, new_t: int) -> torch.Tensor:
@@ -139,6 +137,27 @@ def filter_fn_for(model):
     if fn is None:
         from .videomambapro import checkpoint_filter_fn as fn  # lazy: videomambapro imports this module
     return fn
+
+
+def _width(sd: dict):
+    for k in ("patch_embed.proj.weight", "cls_token"):
+        v = sd.get(k)
+        if hasattr(v, "shape") and len(v.shape) >= 2:
+            return int(v.shape[0] if k.endswith("weight") else v.shape[-1])
+    return None
+
+
+def _depths(unexpected, own: dict, ckpt: dict) -> str:
+    """' (the checkpoint has 32 blocks, the model 24)' when block keys are among the unexpected ones."""
+    import re
+
+    def depth(keys):
+        idx = {int(m.group(2)) for k in keys for m in [re.match(r"^(layers|blocks)\.(\d+)\.", k)] if m}
+        return max(idx) + 1 if idx else 0
+
+    if not any(re.match(r"^(layers|blocks)\.\d+\.", k) for k in unexpected):
+        return ""
+    return f" (the checkpoint has {depth(ckpt)} blocks, the model {depth(own)}: a depth mismatch)"
 
 
 def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", orig_t_size=None,
@@ -160,9 +179,14 @@ def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", 
         ckpt = load_checkpoint_file(source, trust_checkpoint=trust_checkpoint)
     state_dict, key_used = unwrap_state_dict(ckpt, model_key, log)
     report = {"source": source, "model_key": key_used, "actions": [], "head_dropped": False}
+    own = model.state_dict()
+    have, want = _width(strip_prefixes(state_dict)[0]), _width(own)
+    if have is not None and want is not None and have != want:
+        raise RuntimeError(f"checkpoint {source} is a model of width {have} (embedding dim), but "
+                           f"{type(model).__name__} here has width {want}: another model size (e.g. Ti=192, S=384, "
+                           f"M=576); pick the --model that matches the checkpoint")
     state_dict = checkpoint_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report)
 
-    own = model.state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     if bad:
@@ -174,7 +198,11 @@ def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", 
         expected |= {k for k in own if k.startswith("head.")}
     report.update(missing=missing, unexpected=unexpected, loaded=len(state_dict) - len(unexpected))
     if unexpected:
-        log(f"load checkpoint: {len(unexpected)} unexpected keys ignored: {unexpected[:10]}")
+        blocks = _depths(unexpected, own, state_dict)
+        raise RuntimeError(
+            f"loading {source}: {len(unexpected)} checkpoint keys have no place in the model{blocks}: "
+            f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}. Only the head and the keys the loading "
+            f"contract converts may be dropped; pick the --model that matches the checkpoint")
     if set(missing) != expected:
         raise RuntimeError(
             f"loading {source}: missing keys {sorted(set(missing) - expected)} were not expected"
