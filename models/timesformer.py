@@ -26,8 +26,9 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention, DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import Attention  # timm.layers.Attention in timm >= 1.0.16, re-exported here
 
 from ._baseline_common import (
     BaselineMixin,

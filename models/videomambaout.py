@@ -78,10 +78,13 @@ class GatedCNNBlock(nn.Module):
 
     def forward(self, x, grid):
         g, i, c = torch.split(self.fc1(self.norm(x)), self.split_indices, dim=-1)
+        # channels-first and contiguous for the convolution: cuDNN's depthwise 3-D kernels on the channels-last
+        # view of ``c`` ran 6x slower (bf16, 64 frames, H200)
         if self.image:
-            c = rearrange(self.conv(rearrange(c, "b (h w) c -> b c h w", h=grid[0])), "b c h w -> b (h w) c")
+            c = rearrange(c, "b (h w) c -> b c h w", h=grid[0]).contiguous()
+            c = rearrange(self.conv(c), "b c h w -> b (h w) c")
         else:
-            c = rearrange(c, "b (t h w) c -> b c t h w", t=grid[0], h=grid[1])
+            c = rearrange(c, "b (t h w) c -> b c t h w", t=grid[0], h=grid[1]).contiguous()
             c = rearrange(self.conv(c), "b c t h w -> b (t h w) c")
         return x + self.drop_path(self.fc2(self.act(g) * torch.cat([i, c], dim=-1)))
 
