@@ -42,31 +42,61 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     triton = None
     tl = None
 
-__all__ = ["selective_scan_triton", "bi_selective_scan_triton", "triton_scan_config"]
+__all__ = ["selective_scan_triton", "bi_selective_scan_triton", "triton_scan_config", "scan_tile", "DEFAULT_TILE",
+           "TILE_TABLE"]
 
 _INSTALL = (
     "the triton scan backend needs triton (pip install triton; it ships with CUDA builds of torch). "
     "Kernels need a CUDA GPU, or TRITON_INTERPRET=1 (set before import) to run on the CPU."
 )
 
-# Tile sizes; CHUNK must be a power of two. Changed by tests (small chunks) and by benchmarks.
-_CFG = {"block_d": 16, "chunk": 32, "num_warps": 4}
+# Tiles: one program holds a (block_d, N, chunk) working set in registers, spread over num_warps warps.
+# Every tile in DEFAULT_TILE and TILE_TABLE compiles with 0 bytes of register spills (forward and
+# backward kernels, sm_80 and sm_90, fp32 and bf16 inputs, every VideoMambaPro flag combination):
+# tests/ops/test_scan_triton_aot.py checks that ahead of time with ptxas, without a GPU. Larger tiles
+# spill (block_d 16 x chunk 32 x 4 warps: 255 registers, ~2 KB of spill stores per thread backward).
+DEFAULT_TILE = {"block_d": 8, "chunk": 16, "num_warps": 4}
+# (max d, max l, tile), first matching row wins (None: unbounded). The chunk is also the interval at which
+# the forward saves the state for the backward, (b, d, l / chunk, N) float32: at chunk 16 that is as large
+# as an fp32 copy of u per direction, so long clips take longer chunks (same registers per thread: fewer
+# channels per program or more warps). `scripts/bench_gpu.py --sweep` times candidates on a GPU.
+TILE_TABLE = (
+    (None, 2048, DEFAULT_TILE),  # images (l = 197) and 8-frame clips (l = 1569)
+    (None, 8192, {"block_d": 4, "chunk": 32, "num_warps": 4}),  # 16 / 32 frames
+    (None, None, {"block_d": 4, "chunk": 64, "num_warps": 8}),  # 64 frames (l = 12545)
+)
+_TILE_KEYS = ("block_d", "chunk", "num_warps")
+_OVERRIDE: dict = {}  # set by triton_scan_config (tests, benchmarks) and VMP_TRITON_* variables
+
+
+def _check_tile_value(k, v):
+    if v < 1 or v & (v - 1):
+        raise ValueError(f"{k} must be a power of two, got {v}")
+    return v
+
+
+def scan_tile(d: int, l: int) -> dict:
+    """The tile the kernels use for ``d`` channels and ``l`` steps: TILE_TABLE's row, then any override."""
+    for d_max, l_max, tile in TILE_TABLE:
+        if (d_max is None or d <= d_max) and (l_max is None or l <= l_max):
+            break
+    else:  # pragma: no cover - the table ends with an unbounded row
+        tile = DEFAULT_TILE
+    return {**tile, **_OVERRIDE}
 
 
 @contextlib.contextmanager
 def triton_scan_config(block_d: int | None = None, chunk: int | None = None, num_warps: int | None = None):
-    """Temporarily change the kernels' tile sizes (powers of two)."""
-    old = dict(_CFG)
-    for k, v in (("block_d", block_d), ("chunk", chunk), ("num_warps", num_warps)):
+    """Temporarily force the kernels' tile sizes (powers of two) over the table. Yields the overrides."""
+    old = dict(_OVERRIDE)
+    for k, v in zip(_TILE_KEYS, (block_d, chunk, num_warps)):
         if v is not None:
-            if v < 1 or v & (v - 1):
-                raise ValueError(f"{k} must be a power of two, got {v}")
-            _CFG[k] = v
+            _OVERRIDE[k] = _check_tile_value(k, v)
     try:
-        yield dict(_CFG)
+        yield dict(_OVERRIDE)
     finally:
-        _CFG.clear()
-        _CFG.update(old)
+        _OVERRIDE.clear()
+        _OVERRIDE.update(old)
 
 
 def _require_triton():
@@ -80,6 +110,11 @@ if triton is not None:
     def _lin_combine(a1, b1, a2, b2):
         # (a1, b1) then (a2, b2): x -> a2 * (a1 * x + b1) + b2
         return a1 * a2, b1 * a2 + b2
+
+    # Tiles are laid out (CHUNK, BLOCK_D, NP): with the chunk axis first, Triton's default layout keeps a
+    # thread's steps of one (channel, state) pair in its own registers, so the associative scans and the
+    # per-chunk carries run sequentially inside a thread (no shuffles); the reductions over states
+    # (y, du, ddelta) are warp shuffles and those over channels (dB, dC) cross warps.
 
     @triton.jit
     def _scan_fwd_kernel(
@@ -97,19 +132,20 @@ if triton is not None:
         pid_b = tl.program_id(1)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_n = tl.arange(0, NP)
+        ar = tl.arange(0, CHUNK)
         mask_d = offs_d < DM
         mask_n = offs_n < N
         mask_dn = mask_d[:, None] & mask_n[None, :]
-        A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(ACC)
+        A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(ACC)  # (BD, NP)
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
-        u_base = u_ptr + pid_b * su_b + offs_d[:, None] * su_d
-        dt_base = dt_ptr + pid_b * sdt_b + offs_d[:, None] * sdt_d
-        B_base = B_ptr + pid_b * sB_b + offs_n[:, None] * sB_n
-        C_base = C_ptr + pid_b * sC_b + offs_n[:, None] * sC_n
-        io_off = pid_b * DM * L + offs_d[:, None] * L  # contiguous (b, d, l) acc / out
+        u_base = u_ptr + pid_b * su_b + offs_d[None, :] * su_d  # (1, BD): + step * stride -> (CHUNK, BD)
+        dt_base = dt_ptr + pid_b * sdt_b + offs_d[None, :] * sdt_d
+        B_base = B_ptr + pid_b * sB_b + offs_n[None, :] * sB_n  # (1, NP)
+        C_base = C_ptr + pid_b * sC_b + offs_n[None, :] * sC_n
+        io_off = pid_b * DM * L + offs_d[None, :] * L  # contiguous (b, d, l) acc / out
         if RESIDUAL:
             first = L - 1 if REVERSE else 0
             u0 = tl.load(u_ptr + pid_b * su_b + offs_d * su_d + first * su_l, mask=mask_d, other=0.0).to(ACC)
@@ -120,46 +156,45 @@ if triton is not None:
         for k in range(0, NCHUNK):
             if SAVE_STATES:
                 tl.store(hbuf_ptr + hb_off + k * N, h, mask=mask_dn)
-            offs_s = k * CHUNK + tl.arange(0, CHUNK)
+            offs_s = k * CHUNK + ar
             mask_s = offs_s < L
             if REVERSE:
                 pos = L - 1 - offs_s
             else:
                 pos = offs_s
-            m2 = mask_d[:, None] & mask_s[None, :]
-            u = tl.load(u_base + pos[None, :] * su_l, mask=m2, other=0.0).to(ACC)
-            dt = tl.load(dt_base + pos[None, :] * sdt_l, mask=m2, other=0.0).to(ACC)
+            m2 = mask_s[:, None] & mask_d[None, :]  # (CHUNK, BD)
+            u = tl.load(u_base + pos[:, None] * su_l, mask=m2, other=0.0).to(ACC)
+            dt = tl.load(dt_base + pos[:, None] * sdt_l, mask=m2, other=0.0).to(ACC)
             if HAS_BIAS:
-                dt = dt + bias[:, None]
+                dt = dt + bias[None, :]
             if SOFTPLUS:
                 dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
             dt = tl.where(m2, dt, 0.0)  # padded steps: a = 1, b = 0, the state passes unchanged
-            mns = mask_n[:, None] & mask_s[None, :]
-            Bt = tl.load(B_base + pos[None, :] * sB_l, mask=mns, other=0.0).to(ACC)
-            Ct = tl.load(C_base + pos[None, :] * sC_l, mask=mns, other=0.0).to(ACC)
-            dA = tl.exp(dt[:, None, :] * A[:, :, None])
-            dBu = (dt * u)[:, None, :] * Bt[None, :, :]
-            cA, hs = tl.associative_scan((dA, dBu), 2, _lin_combine)
-            hs = hs + cA * h[:, :, None]
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            mns = mask_s[:, None] & mask_n[None, :]  # (CHUNK, NP)
+            Bt = tl.load(B_base + pos[:, None] * sB_l, mask=mns, other=0.0).to(ACC)
+            Ct = tl.load(C_base + pos[:, None] * sC_l, mask=mns, other=0.0).to(ACC)
+            dA = tl.exp(dt[:, :, None] * A[None, :, :])  # (CHUNK, BD, NP)
+            dBu = (dt * u)[:, :, None] * Bt[:, None, :]
+            cA, hs = tl.associative_scan((dA, dBu), 0, _lin_combine)
+            hs = hs + cA * h[None, :, :]
+            y = tl.sum(hs * Ct[:, None, :], axis=2)  # (CHUNK, BD)
             if MASKED:
-                y = y - dt * u * tl.sum(Bt * Ct, axis=0)[None, :]
+                y = y - dt * u * tl.sum(Bt * Ct, axis=1)[:, None]
             if HAS_D:
                 if not (MASKED and DROP_D):
-                    y = y + Dv[:, None] * u
-            is_last = (tl.arange(0, CHUNK) == CHUNK - 1)[None, None, :]
-            h = tl.sum(tl.where(is_last, hs, 0.0), axis=2)
+                    y = y + Dv[None, :] * u
+            h = tl.sum(tl.where((ar == CHUNK - 1)[:, None, None], hs, 0.0), axis=0)
             if ACC_IN:
-                y = y + tl.load(acc_ptr + io_off + pos[None, :], mask=m2, other=0.0).to(ACC)
+                y = y + tl.load(acc_ptr + io_off + pos[:, None], mask=m2, other=0.0).to(ACC)
             if WRITE_ACC:
-                tl.store(acc_ptr + io_off + pos[None, :], y, mask=m2)
+                tl.store(acc_ptr + io_off + pos[:, None], y, mask=m2)
             else:
                 y = y * scale
                 if HAS_Z:
-                    zt = tl.load(z_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l,
+                    zt = tl.load(z_ptr + pid_b * sz_b + offs_d[None, :] * sz_d + pos[:, None] * sz_l,
                                  mask=m2, other=0.0).to(ACC)
                     y = y * zt * tl.sigmoid(zt)
-                tl.store(out_ptr + io_off + pos[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+                tl.store(out_ptr + io_off + pos[:, None], y.to(out_ptr.dtype.element_ty), mask=m2)
         if SAVE_LAST:
             tl.store(last_ptr + (pid_b * DM + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
 
@@ -179,6 +214,7 @@ if triton is not None:
         pid_b = tl.program_id(1)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_n = tl.arange(0, NP)
+        ar = tl.arange(0, CHUNK)
         mask_d = offs_d < DM
         mask_n = offs_n < N
         mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -187,18 +223,17 @@ if triton is not None:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
-        u_base = u_ptr + pid_b * su_b + offs_d[:, None] * su_d
-        dt_base = dt_ptr + pid_b * sdt_b + offs_d[:, None] * sdt_d
-        B_base = B_ptr + pid_b * sB_b + offs_n[:, None] * sB_n
-        C_base = C_ptr + pid_b * sC_b + offs_n[:, None] * sC_n
-        io_off = pid_b * DM * L + offs_d[:, None] * L
+        u_base = u_ptr + pid_b * su_b + offs_d[None, :] * su_d
+        dt_base = dt_ptr + pid_b * sdt_b + offs_d[None, :] * sdt_d
+        B_base = B_ptr + pid_b * sB_b + offs_n[None, :] * sB_n
+        C_base = C_ptr + pid_b * sC_b + offs_n[None, :] * sC_n
+        io_off = pid_b * DM * L + offs_d[None, :] * L
         hb_off = (pid_b * DM + offs_d[:, None]) * NCHUNK * N + offs_n[None, :]
-        part_off = ((pid_b * NDB + pid_d) * NP + offs_n[:, None]) * L  # (b, NDB, NP, L) partials
+        part_off = ((pid_b * NDB + pid_d) * NP + offs_n[None, :]) * L  # (b, NDB, NP, L) partials
         g_next = tl.zeros((BLOCK_D, NP), dtype=ACC)  # dL/dh at the first step of the chunk after this one
         dA_acc = tl.zeros((BLOCK_D, NP), dtype=ACC)
         dD_acc = tl.zeros((BLOCK_D,), dtype=ACC)
         dbias_acc = tl.zeros((BLOCK_D,), dtype=ACC)
-        ar = tl.arange(0, CHUNK)
         for kk in range(0, NCHUNK):
             k = NCHUNK - 1 - kk
             offs_s = k * CHUNK + ar
@@ -210,14 +245,14 @@ if triton is not None:
             else:
                 pos = offs_s
                 pos1 = pos + 1
-            m2 = mask_d[:, None] & mask_s[None, :]
-            m21 = mask_d[:, None] & mask_s1[None, :]
-            u = tl.load(u_base + pos[None, :] * su_l, mask=m2, other=0.0).to(ACC)
-            dtr = tl.load(dt_base + pos[None, :] * sdt_l, mask=m2, other=0.0).to(ACC)
-            dt1 = tl.load(dt_base + pos1[None, :] * sdt_l, mask=m21, other=0.0).to(ACC)
+            m2 = mask_s[:, None] & mask_d[None, :]
+            m21 = mask_s1[:, None] & mask_d[None, :]
+            u = tl.load(u_base + pos[:, None] * su_l, mask=m2, other=0.0).to(ACC)
+            dtr = tl.load(dt_base + pos[:, None] * sdt_l, mask=m2, other=0.0).to(ACC)
+            dt1 = tl.load(dt_base + pos1[:, None] * sdt_l, mask=m21, other=0.0).to(ACC)
             if HAS_BIAS:
-                dtr = dtr + bias[:, None]
-                dt1 = dt1 + bias[:, None]
+                dtr = dtr + bias[None, :]
+                dt1 = dt1 + bias[None, :]
             if SOFTPLUS:
                 dt = tl.where(dtr <= 20.0, tl.log(1.0 + tl.exp(dtr)), dtr)
                 dt1 = tl.where(dt1 <= 20.0, tl.log(1.0 + tl.exp(dt1)), dt1)
@@ -225,71 +260,74 @@ if triton is not None:
                 dt = dtr
             dt = tl.where(m2, dt, 0.0)
             dt1 = tl.where(m21, dt1, 0.0)
-            mns = mask_n[:, None] & mask_s[None, :]
-            Bt = tl.load(B_base + pos[None, :] * sB_l, mask=mns, other=0.0).to(ACC)
-            Ct = tl.load(C_base + pos[None, :] * sC_l, mask=mns, other=0.0).to(ACC)
+            mns = mask_s[:, None] & mask_n[None, :]
+            Bt = tl.load(B_base + pos[:, None] * sB_l, mask=mns, other=0.0).to(ACC)
+            Ct = tl.load(C_base + pos[:, None] * sC_l, mask=mns, other=0.0).to(ACC)
             # recompute the chunk's states from the saved boundary state
             h0 = tl.load(hbuf_ptr + hb_off + k * N, mask=mask_dn, other=0.0).to(ACC)
-            dA = tl.exp(dt[:, None, :] * A[:, :, None])
-            dBu = (dt * u)[:, None, :] * Bt[None, :, :]
-            cA, hs = tl.associative_scan((dA, dBu), 2, _lin_combine)
-            hs = hs + cA * h0[:, :, None]
-            BC = tl.sum(Bt * Ct, axis=0)[None, :]
-            dout = tl.load(dout_ptr + io_off + pos[None, :], mask=m2, other=0.0).to(ACC)
+            dtu = dt * u
+            dBu = dtu[:, :, None] * Bt[:, None, :]
+            cA, hs = tl.associative_scan((tl.exp(dt[:, :, None] * A[None, :, :]), dBu), 0, _lin_combine)
+            hs = hs + cA * h0[None, :, :]
+            if MASKED:
+                BC = tl.sum(Bt * Ct, axis=1)[:, None]  # (CHUNK, 1)
+            dout = tl.load(dout_ptr + io_off + pos[:, None], mask=m2, other=0.0).to(ACC)
             if HAS_Z:
-                zt = tl.load(z_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l,
+                zt = tl.load(z_ptr + pid_b * sz_b + offs_d[None, :] * sz_d + pos[:, None] * sz_l,
                              mask=m2, other=0.0).to(ACC)
                 sig = tl.sigmoid(zt)
-                y = tl.sum(hs * Ct[None, :, :], axis=1)
+                y = tl.sum(hs * Ct[:, None, :], axis=2)
                 if MASKED:
-                    y = y - dt * u * BC
+                    y = y - dtu * BC
                 if HAS_D:
                     if not (MASKED and DROP_D):
-                        y = y + Dv[:, None] * u
+                        y = y + Dv[None, :] * u
                 dz = dout * scale * y * sig * (1.0 + zt * (1.0 - sig))
                 if DZ_ACC:
-                    dz = dz + tl.load(dz_ptr + io_off + pos[None, :], mask=m2, other=0.0).to(ACC)
-                tl.store(dz_ptr + io_off + pos[None, :], dz, mask=m2)
+                    dz = dz + tl.load(dz_ptr + io_off + pos[:, None], mask=m2, other=0.0).to(ACC)
+                tl.store(dz_ptr + io_off + pos[:, None], dz, mask=m2)
                 dy = dout * scale * zt * sig
             else:
                 dy = dout * scale
-            # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1} (reverse scan), plus the next chunk's carry
-            a1 = tl.exp(dt1[:, None, :] * A[:, :, None])
-            beta = Ct[None, :, :] * dy[:, None, :]
-            P, G = tl.associative_scan((a1, beta), 2, _lin_combine, reverse=True)
-            g = G + P * g_next[:, :, None]
-            g_next = tl.sum(tl.where((ar == 0)[None, None, :], g, 0.0), axis=2)
+            # everything that needs the states themselves first; afterwards only a_t h_{t-1} stays live
+            dCp = tl.sum(hs * dy[:, :, None], axis=1)  # (CHUNK, NP)
             ah = hs - dBu  # a_t * h_{t-1}
-            ddt = tl.sum(g * (A[:, :, None] * ah + Bt[None, :, :] * u[:, None, :]), axis=1)
-            du = tl.sum(g * Bt[None, :, :], axis=1) * dt
-            dA_acc += tl.sum(g * ah * dt[:, None, :], axis=2)
-            dyu = dy * dt * u
+            # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1} (reverse scan), plus the next chunk's carry
+            P, G = tl.associative_scan((tl.exp(dt1[:, :, None] * A[None, :, :]), Ct[:, None, :] * dy[:, :, None]),
+                                       0, _lin_combine, reverse=True)
+            g = G + P * g_next[None, :, :]
+            g_next = tl.sum(tl.where((ar == 0)[:, None, None], g, 0.0), axis=0)
+            ddt = tl.sum(g * (A[None, :, :] * ah + Bt[:, None, :] * u[:, :, None]), axis=2)
+            du = tl.sum(g * Bt[:, None, :], axis=2) * dt
+            dA_acc += tl.sum(g * ah * dt[:, :, None], axis=0)
+            dBp = tl.sum(g * dtu[:, :, None], axis=1)  # (CHUNK, NP)
             if MASKED:
                 ddt = ddt - dy * u * BC
                 du = du - dy * dt * BC
             if HAS_D:
                 if not (MASKED and DROP_D):
-                    du = du + Dv[:, None] * dy
-                    dD_acc += tl.sum(dy * u, axis=1)
+                    du = du + Dv[None, :] * dy
+                    dD_acc += tl.sum(dy * u, axis=0)
             if RESIDUAL:
-                # h_{-1} = u_0 broadcast: dL/du_0 += sum_n a_0 g_0 (scan step 0 only)
-                du = du + tl.where((offs_s == 0)[None, :], tl.sum(dA * g, axis=1), 0.0)
-            dBp = tl.sum(g * (dt * u)[:, None, :], axis=0)
-            dCp = tl.sum(hs * dy[:, None, :], axis=0)
+                # h_{-1} = u_0 broadcast: dL/du_0 += sum_n a_0 g_0. g_next now holds g at this chunk's first
+                # step; only the chunk holding scan step 0 uses it (2-D work, no (chunk, d, n) tensor kept)
+                dt0 = tl.sum(tl.where((ar == 0)[:, None], dt, 0.0), axis=0)
+                du0 = tl.sum(tl.exp(dt0[:, None] * A) * g_next, axis=1)
+                du = du + tl.where((offs_s == 0)[:, None], du0[None, :], 0.0)
             if MASKED:
-                s_dyu = tl.sum(dyu, axis=0)[None, :]
+                s_dyu = tl.sum(dy * dtu, axis=1)[:, None]
                 dBp = dBp - s_dyu * Ct
                 dCp = dCp - s_dyu * Bt
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(dtr)
             ddt = tl.where(m2, ddt, 0.0)
             if HAS_BIAS:
-                dbias_acc += tl.sum(ddt, axis=1)
-            tl.store(du_ptr + io_off + pos[None, :], du, mask=m2)
-            tl.store(ddt_ptr + io_off + pos[None, :], ddt, mask=m2)
-            mp = (offs_n[:, None] < NP) & mask_s[None, :]
-            tl.store(dB_ptr + part_off + pos[None, :], dBp, mask=mp)
-            tl.store(dC_ptr + part_off + pos[None, :], dCp, mask=mp)
+                dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + io_off + pos[:, None], du, mask=m2)
+            tl.store(ddt_ptr + io_off + pos[:, None], ddt, mask=m2)
+            mp = mask_s[:, None] & (offs_n < NP)[None, :]
+            tl.store(dB_ptr + part_off + pos[:, None], dBp, mask=mp)
+            tl.store(dC_ptr + part_off + pos[:, None], dCp, mask=mp)
         tl.store(dA_ptr + (pid_b * DM + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
         if HAS_D:
             tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
@@ -303,7 +341,7 @@ if triton is not None:
 
 def _check_runs_here(u: torch.Tensor):
     _require_triton()
-    if u.device.type != "cuda":
+    if u.device.type != "cuda" and not _RECORDING:
         from triton.runtime.interpreter import InterpretedFunction
 
         if not isinstance(_scan_fwd_kernel, InterpretedFunction):
@@ -356,11 +394,11 @@ def _strides(s):
     return (*s["u"].stride(), *s["delta"].stride(), *s["B"].stride(), *s["C"].stride())
 
 
-def _launch_fwd(s, z, acc, out, hbuf, last, *, reverse, softplus, drop_D, acc_in, write_acc, scale, ct):
+def _launch_fwd(s, z, acc, out, hbuf, last, *, reverse, softplus, drop_D, acc_in, write_acc, scale, ct, tile):
     u = s["u"]
     b, d, l = u.shape
     n = s["A"].shape[1]
-    bd, chunk = _CFG["block_d"], _CFG["chunk"]
+    bd, chunk = tile["block_d"], tile["chunk"]
     nchunk = triton.cdiv(l, chunk)
     dummy = u
     zz = z if z is not None else dummy
@@ -372,14 +410,15 @@ def _launch_fwd(s, z, acc, out, hbuf, last, *, reverse, softplus, drop_D, acc_in
         hbuf if hbuf is not None else dummy, last if last is not None else dummy,
         l, d, n, nchunk, *_strides(s), *zz.stride(), float(scale),
         REVERSE=reverse, SOFTPLUS=bool(softplus), HAS_D=s["D"] is not None, HAS_BIAS=s["bias"] is not None,
-        HAS_Z=z is not None, RESIDUAL=s["residual"], MASKED=s["masked"], DROP_D=bool(drop_D),
+        HAS_Z=z is not None, RESIDUAL=s["residual"], MASKED=s["masked"], DROP_D=bool(drop_D) and s["masked"],
         ACC_IN=acc_in, WRITE_ACC=write_acc, SAVE_STATES=hbuf is not None, SAVE_LAST=last is not None,
-        BLOCK_D=bd, NP=triton.next_power_of_2(n), CHUNK=chunk, ACC=_tl_acc(ct), num_warps=_CFG["num_warps"],
+        BLOCK_D=bd, NP=triton.next_power_of_2(n), CHUNK=chunk, ACC=_tl_acc(ct), num_warps=tile["num_warps"],
     )
 
 
-def _launch_bwd(s, z, dout, hbuf, dz, dz_acc, *, reverse, softplus, drop_D, scale, ct, chunk, bd):
+def _launch_bwd(s, z, dout, hbuf, dz, dz_acc, *, reverse, softplus, drop_D, scale, ct, tile):
     """One direction's backward. Returns (du, ddelta, dA, dB, dC, dD, dbias) in float ``ct``."""
+    chunk, bd = tile["chunk"], tile["block_d"]
     u = s["u"]
     b, d, l = u.shape
     n = s["A"].shape[1]
@@ -403,8 +442,9 @@ def _launch_bwd(s, z, dout, hbuf, dz, dz_acc, *, reverse, softplus, drop_D, scal
         dD if dD is not None else dummy, dbias if dbias is not None else dummy, dz if dz is not None else dummy,
         l, d, n, nchunk, ndb, *_strides(s), *zz.stride(), float(scale),
         REVERSE=reverse, SOFTPLUS=bool(softplus), HAS_D=s["D"] is not None, HAS_BIAS=s["bias"] is not None,
-        HAS_Z=z is not None, RESIDUAL=s["residual"], MASKED=s["masked"], DROP_D=bool(drop_D), DZ_ACC=dz_acc,
-        BLOCK_D=bd, NP=NP, CHUNK=chunk, ACC=_tl_acc(ct), num_warps=_CFG["num_warps"],
+        HAS_Z=z is not None, RESIDUAL=s["residual"], MASKED=s["masked"], DROP_D=bool(drop_D) and s["masked"],
+        DZ_ACC=dz_acc,
+        BLOCK_D=bd, NP=NP, CHUNK=chunk, ACC=_tl_acc(ct), num_warps=tile["num_warps"],
     )
     dB = dBp.sum(1)[:, :n]
     dC = dCp.sum(1)[:, :n]
@@ -433,7 +473,8 @@ class _BiScanFn(torch.autograd.Function):
         _check_runs_here(u0)
         b, d, l = u0.shape
         ct = _acc_dtype(u0)
-        chunk, bd = _CFG["chunk"], _CFG["block_d"]
+        tile = scan_tile(d, l)
+        chunk = tile["chunk"]
         out = torch.empty(b, d, l, device=u0.device, dtype=u0.dtype)
         acc = torch.empty(b, d, l, device=u0.device, dtype=ct) if nd > 1 else None
         hbufs, last = [], None
@@ -446,10 +487,10 @@ class _BiScanFn(torch.autograd.Function):
             _launch_fwd(
                 s, z if is_final else None, acc, out if is_final else None, hbuf, last if is_final else None,
                 reverse=cfg["reverse"][i], softplus=cfg["softplus"], drop_D=cfg["drop_D"],
-                acc_in=i > 0, write_acc=not is_final, scale=cfg["scale"] if is_final else 1.0, ct=ct,
+                acc_in=i > 0, write_acc=not is_final, scale=cfg["scale"] if is_final else 1.0, ct=ct, tile=tile,
             )
             hbufs.append(hbuf)
-        ctx.cfg, ctx.chunk, ctx.bd, ctx.ct = cfg, chunk, bd, ct
+        ctx.cfg, ctx.tile, ctx.ct = cfg, tile, ct  # the backward walks the states saved every tile["chunk"]
         ctx.save_for_backward(z, *flat, *hbufs)
         ctx.mark_non_differentiable(*([last] if last is not None else []))
         return (out, last) if last is not None else out
@@ -469,7 +510,7 @@ class _BiScanFn(torch.autograd.Function):
         for i, s in enumerate(specs):
             du, ddt, dA, dB, dC, dD, dbias = _launch_bwd(
                 s, z, dout, hbufs[i], dz, i > 0, reverse=cfg["reverse"][i], softplus=cfg["softplus"],
-                drop_D=cfg["drop_D"], scale=cfg["scale"], ct=ctx.ct, chunk=ctx.chunk, bd=ctx.bd,
+                drop_D=cfg["drop_D"], scale=cfg["scale"], ct=ctx.ct, tile=ctx.tile,
             )
             u, delta, A, B, C, D, bias = tensors[i]
             grads += [du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), _grad_bc(dB, B), _grad_bc(dC, C),
@@ -522,7 +563,222 @@ def bi_selective_scan_triton(
     return _BiScanFn.apply(cfg, z, *flat)
 
 
-if os.environ.get("VMP_TRITON_BLOCK_D"):  # benchmark / tuning override
-    _CFG["block_d"] = int(os.environ["VMP_TRITON_BLOCK_D"])
-if os.environ.get("VMP_TRITON_CHUNK"):
-    _CFG["chunk"] = int(os.environ["VMP_TRITON_CHUNK"])
+# ----------------------------------------------------------------------------------------------------
+# ahead-of-time compilation for real GPUs, without one (tests/ops/test_scan_triton_aot.py, bench_gpu.py)
+
+# VideoMambaPro flag combinations of one bidirectional layer (bi_selective_scan_triton keyword arguments;
+# "gate": z given). Per-direction residual options ("forward" / "backward") launch kernels with the same
+# constexpr sets as these, direction by direction.
+AOT_VARIANTS = {
+    f"{name}{'+dropD' if drop else ''}{'' if gate else '-nogate'}": dict(
+        residual=(res, res), masked=(False, mask), mask_drops_D=drop, gate=gate)
+    for name, res, mask in (("videomambapro", True, True), ("videomamba", False, False),
+                            ("mask-only", False, True), ("residual-only", True, False))
+    for drop in ((False, True) if mask else (False,))
+    for gate in (True, False)
+}
+# tensor layouts of the scan inputs: "model" = as mamba.modules.bimamba passes them (delta, B, C, z are
+# transposed views of (b, l, .) projections, so their channel stride is 1); "contiguous" = (b, ., l) dense
+AOT_LAYOUTS = ("model", "contiguous")
+
+
+class _LaunchRecorder:
+    """Stands in for a kernel: records ``kernel[grid](*args, **kwargs)`` instead of running it."""
+
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.kernel, grid, args, kwargs))
+
+
+_RECORDING = False
+
+
+@contextlib.contextmanager
+def _recording_launches():
+    """Replace the kernels by recorders: the host code runs as on a GPU (on CPU tensors), nothing executes."""
+    global _scan_fwd_kernel, _scan_bwd_kernel, _RECORDING
+    _require_triton()
+    calls = []
+    saved = (_scan_fwd_kernel, _scan_bwd_kernel)
+    _scan_fwd_kernel, _scan_bwd_kernel = (_LaunchRecorder(k, calls) for k in saved)
+    _RECORDING = True
+    try:
+        yield calls
+    finally:
+        _scan_fwd_kernel, _scan_bwd_kernel = saved
+        _RECORDING = False
+
+
+def _aot_inputs(b, E, N, l, dtype, layout, gate, dt_rank):
+    """CPU stand-ins for one layer's scan inputs, with the strides and offsets a real call has."""
+    def leaf(x):
+        return x.requires_grad_()
+
+    if layout == "model":
+        def direction():
+            u = torch.zeros(b, E, l, dtype=dtype)  # causal conv output
+            delta = torch.zeros(b, l, E, dtype=dtype).transpose(1, 2)  # (dt @ W^T).transpose(1, 2)
+            dbc = torch.zeros(b, l, dt_rank + 2 * N, dtype=dtype)  # x_proj output, split and transposed
+            B, C = dbc[..., dt_rank:dt_rank + N].transpose(1, 2), dbc[..., dt_rank + N:].transpose(1, 2)
+            return [leaf(u), leaf(delta), B.detach().requires_grad_(), C.detach().requires_grad_()]
+        # in_proj output (b, l, 2E).transpose(1, 2), second half
+        z = torch.zeros(b, l, 2 * E, dtype=dtype).transpose(1, 2)[:, E:].detach().requires_grad_() if gate else None
+    elif layout == "contiguous":
+        def direction():
+            return [leaf(torch.zeros(b, E, l, dtype=dtype)), leaf(torch.zeros(b, E, l, dtype=dtype)),
+                    leaf(torch.zeros(b, N, l, dtype=dtype)), leaf(torch.zeros(b, N, l, dtype=dtype))]
+        z = leaf(torch.zeros(b, E, l, dtype=dtype)) if gate else None
+    else:
+        raise ValueError(f"layout must be one of {AOT_LAYOUTS}, got {layout!r}")
+    f, r = direction(), direction()
+    A = tuple(leaf(-torch.ones(E, N)) for _ in range(2))
+    D = tuple(leaf(torch.ones(E)) for _ in range(2))
+    bias = tuple(leaf(torch.zeros(E)) for _ in range(2))
+    return (f[0], r[0]), (f[1], r[1]), A, (f[2], r[2]), (f[3], r[3]), D, z, bias
+
+
+def record_launches(variant, *, tile=None, dtype=torch.bfloat16, layout="model", bidirectional=True,
+                    b=2, E=384, N=16, l=1569, dt_rank=12):
+    """Every kernel launch (kernel, grid, args, kwargs) one forward + backward of a layer makes.
+
+    ``variant`` is a key of AOT_VARIANTS (or its dict). Runs the real host code on CPU tensors shaped like
+    a VideoMamba-Ti layer at 8 frames (E = 384, l = 1569) with the kernels replaced by recorders, so the
+    launches carry exactly the constexprs, dtypes, strides and alignments a GPU run would specialize on.
+    ``bidirectional=False`` records the single-direction entry instead (forward direction's options).
+    """
+    v = AOT_VARIANTS[variant] if isinstance(variant, str) else variant
+    u, delta, A, B, C, D, z, bias = _aot_inputs(b, E, N, l, dtype, layout, v["gate"], dt_rank)
+    with contextlib.ExitStack() as stack:
+        calls = stack.enter_context(_recording_launches())
+        if tile is not None:
+            stack.enter_context(triton_scan_config(**tile))
+        if bidirectional:
+            out = bi_selective_scan_triton(u, delta, A, B, C, D, z, bias, True, residual=v["residual"],
+                                           masked=v["masked"], mask_drops_D=v["mask_drops_D"])
+        else:  # the single-direction entry: the backward direction's options on a forward scan
+            out, _ = selective_scan_triton(u[0], delta[0], A[0], B[0], C[0], D[0], z, bias[0], True, True,
+                                           residual=v["residual"][1], masked=v["masked"][1],
+                                           mask_drops_D=v["mask_drops_D"])
+        out.backward(torch.zeros_like(out))
+    return calls
+
+
+def compile_launch(kernel, args, kwargs, arch: int):
+    """``triton.compile`` of one recorded launch for ``sm_<arch>``, specialized as the JIT would at launch
+    (argument types, divisibility, constexprs, num_warps). Needs no GPU and no driver."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    if not isinstance(kernel, JITFunction):
+        raise RuntimeError(f"{kernel!r} is not a compiled-mode kernel: ahead-of-time compilation needs "
+                           "TRITON_INTERPRET unset when mamba.ops.scan_triton is imported")
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def ptxas_usage(ptx: str) -> dict:
+    """``ptxas -v`` of a PTX text (the ptxas shipped with triton, triton's own options) for the arch named on
+    its ``.target`` line (sm_90a for sm_90). Returns registers, spill_stores / spill_loads / stack bytes."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    m = re.search(r"^\s*\.target\s+(sm_(\d+)\w*)", ptx, re.M)
+    if m is None:
+        raise ValueError("no .target line in the PTX")
+    gpu, cap = m.group(1), int(m.group(2))
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        cmd = [get_ptxas(cap).path, "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src,
+               "-o", src + ".o"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"ptxas failed ({' '.join(cmd)}):\n{r.stderr}")
+    log = r.stderr
+
+    def num(pattern):
+        found = re.findall(pattern, log)
+        if not found:
+            raise RuntimeError(f"no {pattern!r} in the ptxas log:\n{log}")
+        return max(int(x) for x in found)
+
+    return dict(gpu=gpu, registers=num(r"Used (\d+) registers"), spill_stores=num(r"(\d+) bytes spill stores"),
+                spill_loads=num(r"(\d+) bytes spill loads"), stack=num(r"(\d+) bytes stack frame"))
+
+
+def _kernel_name(kernel) -> str:
+    return getattr(kernel, "fn", kernel).__name__
+
+
+_ROLE_KEYS = ("REVERSE", "RESIDUAL", "MASKED", "DROP_D", "HAS_Z", "ACC_IN", "WRITE_ACC", "SAVE_LAST", "DZ_ACC")
+
+
+def launch_key(kernel, args, kwargs) -> tuple:
+    """What a launch specializes on, for de-duplication: kernel, constexprs and num_warps, argument dtypes,
+    which integers are 1 or divisible by 16 and which pointers are 16-byte aligned."""
+    def spec(a):
+        if isinstance(a, torch.Tensor):
+            return (str(a.dtype), a.data_ptr() % 16 == 0)
+        if isinstance(a, bool) or not isinstance(a, int):
+            return type(a).__name__
+        return ("int", a == 1, a % 16 == 0)
+
+    return (_kernel_name(kernel), tuple(sorted((k, str(v)) for k, v in kwargs.items())), tuple(spec(a) for a in args))
+
+
+def describe_launch(kernel, kwargs) -> str:
+    """Short name of a launch: kernel and its set flags, e.g. ``bwd REVERSE+MASKED+HAS_Z+DZ_ACC bf16``."""
+    flags = "+".join(k for k in _ROLE_KEYS if kwargs.get(k) is True) or "-"
+    return f"{_kernel_name(kernel).replace('_scan_', '').replace('_kernel', '')} {flags}"
+
+
+def aot_report(jobs, *, log=None) -> list:
+    """Compile every distinct launch of ``jobs`` ahead of time and measure it with ``ptxas -v``.
+
+    ``jobs``: dicts with ``arch`` (80, 90, ...), ``variant`` (AOT_VARIANTS key), and optionally ``tile``,
+    ``dtype`` ("bf16" / "fp32" / "fp16"), ``layout`` (AOT_LAYOUTS) and ``bidirectional`` (default True).
+    Launches that specialize identically (launch_key) are compiled once per arch. Returns one dict per
+    compiled launch: arch, gpu, kernel (describe_launch), dtype, layout, tile, variant, registers,
+    spill_stores, spill_loads, stack, seconds. ``log``: called with each row as it is done.
+    """
+    import time
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    rows, seen = [], set()
+    for job in jobs:
+        tile = {**DEFAULT_TILE, **(job.get("tile") or {})}
+        dt = job.get("dtype", "bf16")
+        layout = job.get("layout", "model")
+        calls = record_launches(job["variant"], tile=tile, dtype=dtypes[dt], layout=layout,
+                                bidirectional=job.get("bidirectional", True))
+        for kernel, _grid, args, kwargs in calls:
+            key = (job["arch"], launch_key(kernel, args, kwargs))
+            if key in seen:
+                continue
+            seen.add(key)
+            t0 = time.perf_counter()
+            compiled = compile_launch(kernel, args, kwargs, job["arch"])
+            usage = ptxas_usage(compiled.asm["ptx"])
+            row = dict(arch=job["arch"], kernel=describe_launch(kernel, kwargs), dtype=dt, layout=layout,
+                       tile=tile, variant=job["variant"], **usage, seconds=round(time.perf_counter() - t0, 2))
+            rows.append(row)
+            if log is not None:
+                log(row)
+    return rows
+
+
+for _k in _TILE_KEYS:  # VMP_TRITON_BLOCK_D / _CHUNK / _NUM_WARPS: force a tile (benchmarks, tuning)
+    if os.environ.get(f"VMP_TRITON_{_k.upper()}"):
+        _OVERRIDE[_k] = _check_tile_value(_k, int(os.environ[f"VMP_TRITON_{_k.upper()}"]))
