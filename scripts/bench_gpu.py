@@ -16,6 +16,13 @@ vs ``videomamba_<size>`` from ``timm.create_model`` on each backend: clips/s and
     python scripts/bench_gpu.py --sizes Ti --frames 8 16 --no-model
     python scripts/bench_gpu.py --allow-cpu                        # no GPU: tiny shapes, Triton interpreter
     python scripts/bench_gpu.py --json results.json
+    python scripts/bench_gpu.py --sweep --sizes Ti S --frames 8 16     # Triton tiles: one table, best per shape
+
+Tile sweep (``--sweep``): times the VideoMambaPro layer (fwd+bwd) on the Triton backend for each candidate
+tile (``--tiles BD,CHUNK,WARPS ...``; default: the tiles of ``TILE_TABLE`` plus neighbours) and prints one
+table: time per tile relative to the tile ``scan_tile(d, l)`` picks for that shape, registers / spills of the
+compiled kernels, the best tile per shape. A faster tile goes into ``TILE_TABLE`` in
+``mamba/ops/scan_triton.py`` only with tests/ops/test_scan_triton_aot.py extended to it (no spills).
 
 Without CUDA it exits with a message unless ``--allow-cpu`` (then TRITON_INTERPRET=1 is set before triton
 is imported and tiny shapes run, which proves the plumbing, not the speed).
@@ -58,7 +65,31 @@ def parse_args(argv=None):
     p.add_argument("--peak_GBps", type=float, default=None,
                    help="device memory bandwidth for the floor (default: measured with a large device copy)")
     p.add_argument("--json", default=None, help="also write all rows to this JSON file")
+    p.add_argument("--sweep", action="store_true", help="time candidate Triton tiles instead (see the docstring)")
+    p.add_argument("--tiles", nargs="+", default=None, type=parse_tile, metavar="BD,CHUNK,WARPS",
+                   help="candidate tiles for --sweep (powers of two)")
     return p.parse_args(argv)
+
+
+def parse_tile(text):
+    """'8,16,4' -> {'block_d': 8, 'chunk': 16, 'num_warps': 4}."""
+    try:
+        bd, chunk, warps = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a tile is BLOCK_D,CHUNK,NUM_WARPS (e.g. 8,16,4), got {text!r}") from None
+    for v in (bd, chunk, warps):
+        if v < 1 or v & (v - 1):
+            raise argparse.ArgumentTypeError(f"tile sizes must be powers of two, got {text!r}")
+    return {"block_d": bd, "chunk": chunk, "num_warps": warps}
+
+
+def tile_str(t):
+    return f"{t['block_d']},{t['chunk']},{t['num_warps']}"
+
+
+# candidates around the table: fewer / more channels per program, shorter / longer chunks, more warps
+SWEEP_EXTRA = ("4,16,4", "16,16,8", "8,8,4", "16,8,4", "8,32,8", "4,32,8", "8,16,8")
+CPU_SWEEP_TILES = ("4,4,1", "8,8,1")  # the interpreter: tiny tiles beside the table's tile
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -305,6 +336,124 @@ def bench_model(args, device, timer, rows):
                 print(_fmt(row), flush=True)
 
 
+# ------------------------------------------------------------------------------------------- tile sweep
+
+
+def _jit_usage(tile):
+    """(max registers, max spill bytes) of the compiled Triton scan kernels cached for ``tile``; None where the
+    JIT cache cannot be read (the interpreter, another triton)."""
+    try:
+        import mamba.ops.scan_triton as st
+
+        regs, spills = [], []
+        for kern in (st._scan_fwd_kernel, st._scan_bwd_kernel):
+            for cache in kern.device_caches.values():
+                for ck in cache[0].values():
+                    names = ck.src.fn.arg_names
+                    const = {names[k[0]]: v for k, v in ck.src.constants.items()}
+                    if (const.get("BLOCK_D"), const.get("CHUNK"), ck.metadata.num_warps) == (
+                            tile["block_d"], tile["chunk"], tile["num_warps"]):
+                        ck._init_handles()
+                        regs.append(ck.n_regs)
+                        spills.append(ck.n_spills)
+        return (max(regs), max(spills)) if regs else None
+    except Exception:  # noqa: BLE001 - best effort: the column shows '-'
+        return None
+
+
+def sweep_tiles(args, device):
+    """Candidate tiles: --tiles, else the table's tiles and SWEEP_EXTRA (CPU: tiny ones), de-duplicated."""
+    from mamba.ops.scan_triton import TILE_TABLE
+
+    if args.tiles:
+        cands = list(args.tiles)
+    elif device.type == "cuda":
+        cands = [t for *_, t in TILE_TABLE] + [parse_tile(t) for t in SWEEP_EXTRA]
+    else:
+        cands = [parse_tile(t) for t in CPU_SWEEP_TILES]
+    out = []
+    for t in cands:
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def bench_sweep(args, device, dtype, timer, rows):
+    """One row per (shape, tile): fwd / bwd time of the VideoMambaPro layer on the Triton backend."""
+    import torch
+
+    from mamba.ops.scan_triton import bi_selective_scan_triton, scan_tile, triton_scan_config
+
+    if device.type == "cuda":
+        shapes = [(s, 2 * SIZES[s][1], 1 + 196 * T, T) for s in args.sizes for T in args.frames]
+    else:
+        shapes = [("tiny-cpu", 16, 1 + 4 * 2, 2)]
+    kw = VARIANTS["videomambapro"]
+    for size, E, l, T in shapes:
+        table_tile = scan_tile(E, l)
+        cands = sweep_tiles(args, device)
+        if table_tile not in cands:
+            cands.insert(0, table_tile)
+        x = make_scan_inputs(args.scan_batch, E, N_STATE, l, dtype, device)
+        args_ = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+        for tile in cands:
+            row = dict(level="sweep", size=size, frames=T, l=l, E=E, batch=args.scan_batch, tile=tile_str(tile),
+                       table=tile == table_tile)
+            try:
+                with triton_scan_config(**tile):
+                    def fwd(args_=args_):
+                        with torch.no_grad():
+                            return bi_selective_scan_triton(*args_, **kw)
+
+                    def fwd_bwd(args_=args_):
+                        out = bi_selective_scan_triton(*args_, **kw)
+                        out.backward(torch.ones_like(out))
+
+                    t_f = timer.measure(fwd, args.warmup, args.iters)
+                    t_fb = timer.measure(fwd_bwd, args.warmup, args.iters)
+                row.update(fwd_ms=1e3 * t_f, bwd_ms=1e3 * max(t_fb - t_f, 1e-9), fwd_bwd_ms=1e3 * t_fb)
+                usage = _jit_usage(tile)
+                if usage is not None:
+                    row.update(max_regs=usage[0], max_spill=usage[1])
+            except Exception as e:  # noqa: BLE001 - a tile that fails (out of resources...) is a row, not a crash
+                row["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            rows.append(row)
+            print(_fmt(row), flush=True)
+        x = None
+
+
+def summarize_sweep(rows):
+    """One table: per shape and tile, times and the ratio to the tile the table picks (lower is better), the
+    compiled kernels' registers / spill bytes, and the best tile per shape (*)."""
+    sweep = [r for r in rows if r.get("level") == "sweep"]
+    if not sweep:
+        return ""
+    shapes = []
+    for r in sweep:
+        if (r["size"], r["frames"]) not in shapes:
+            shapes.append((r["size"], r["frames"]))
+    out = ["triton tile sweep (VideoMambaPro layer fwd+bwd; tile = block_d,chunk,num_warps; "
+           "vs table = time / time of the table's tile; * best)",
+           f"{'size':8s} {'T':>3s} {'l':>6s} {'tile':>8s} {'fwd ms':>8s} {'bwd ms':>8s} {'f+b ms':>8s} "
+           f"{'vs table':>8s} {'regs':>5s} {'spill':>5s}  note"]
+    for size, T in shapes:
+        rs = [r for r in sweep if (r["size"], r["frames"]) == (size, T)]
+        ok = [r for r in rs if "skipped" not in r]
+        base = next((r for r in ok if r["table"]), None)
+        best = min(ok, key=lambda r: r["fwd_bwd_ms"]) if ok else None
+        for r in rs:
+            note = ("table" if r["table"] else "") + (" *" if r is best else "")
+            if "skipped" in r:
+                out.append(f"{size:8s} {T:3d} {r['l']:6d} {r['tile']:>8s} {'failed: ' + r['skipped']}")
+                continue
+            ratio = _r(r["fwd_bwd_ms"], base and base["fwd_bwd_ms"])
+            regs = str(r["max_regs"]) if "max_regs" in r else "-"
+            spill = str(r["max_spill"]) if "max_spill" in r else "-"
+            out.append(f"{size:8s} {T:3d} {r['l']:6d} {r['tile']:>8s} {r['fwd_ms']:8.3f} {r['bwd_ms']:8.3f} "
+                       f"{r['fwd_bwd_ms']:8.3f} {ratio:>8s} {regs:>5s} {spill:>5s}  {note.strip()}")
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------------------------- output
 
 
@@ -385,22 +534,29 @@ def main(argv=None):
         print(f"device copy bandwidth: {peak:.0f} GB/s", flush=True)
     rows = []
     with contextlib.ExitStack() as stack:
-        if device.type == "cpu" and "triton" in args.backends:  # small tiles: the interpreter is slow per tile
+        if device.type == "cpu" and "triton" in args.backends and not args.sweep:
+            # small tiles: the interpreter is slow per tile (the sweep sets its own)
             from mamba.ops.scan_triton import triton_scan_config
 
             stack.enter_context(triton_scan_config(block_d=8, chunk=8))
-        if args.scan:
-            bench_scan(args, device, dtype, timer, rows)
-        if args.model:
-            bench_model(args, device, timer, rows)
+        if args.sweep:
+            bench_sweep(args, device, dtype, timer, rows)
+        else:
+            if args.scan:
+                bench_scan(args, device, dtype, timer, rows)
+            if args.model:
+                bench_model(args, device, timer, rows)
     for r in rows:
         if "skipped" in r:
             print(f"skipped: {r}", flush=True)
-    print("\n" + summarize(rows, peak), flush=True)
+    print("\n" + (summarize_sweep(rows) if args.sweep else summarize(rows, peak)), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     failed = [r for r in rows if "skipped" not in r and not any(k.endswith("_ms") for k in r)]
+    if args.sweep:  # every candidate measured, and the table's own tile among them
+        failed += [r for r in rows if "skipped" in r and r.get("table")]
+        failed += [] if any(r.get("table") and "skipped" not in r for r in rows) else [None]
     return 1 if failed else 0
 
 

@@ -77,11 +77,8 @@ def _check_tile_value(k, v):
 
 def scan_tile(d: int, l: int) -> dict:
     """The tile the kernels use for ``d`` channels and ``l`` steps: TILE_TABLE's row, then any override."""
-    for d_max, l_max, tile in TILE_TABLE:
-        if (d_max is None or d <= d_max) and (l_max is None or l <= l_max):
-            break
-    else:  # pragma: no cover - the table ends with an unbounded row
-        tile = DEFAULT_TILE
+    tile = next((t for d_max, l_max, t in TILE_TABLE
+                 if (d_max is None or d <= d_max) and (l_max is None or l <= l_max)), DEFAULT_TILE)
     return {**tile, **_OVERRIDE}
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -90,3 +91,55 @@ def test_cpu_plumbing_run(tmp_path):
     assert {(x["level"], x["variant"]) for x in rows if "skipped" not in x} == {
         ("model", "videomambapro"), ("model", "videomamba")}, rows
     assert all(x["clips_per_s"] > 0 for x in rows) and "pro/plain t" in stdout
+
+
+def _sweep(tile, ms, table=False, size="Ti", T=8, **kw):
+    return dict(level="sweep", size=size, frames=T, l=1 + 196 * T, E=384, batch=1, tile=tile, table=table,
+                fwd_ms=ms / 3, bwd_ms=2 * ms / 3, fwd_bwd_ms=ms, **kw)
+
+
+def test_sweep_table_ratios_and_best(bench):
+    rows = [_sweep("8,16,4", 2.0, table=True, max_regs=168, max_spill=0), _sweep("4,16,4", 1.5),
+            _sweep("16,16,8", 3.0, max_regs=255, max_spill=96),
+            dict(level="sweep", size="Ti", frames=8, l=1569, tile="16,64,4", table=False, skipped="OutOfResources"),
+            _sweep("8,16,4", 4.0, table=True, T=16), _sweep("4,32,4", 5.0, T=16)]
+    table = bench.summarize_sweep(rows)
+    r = {f[3]: f for f in (line.split() for line in table.splitlines()[2:]) if f[:2] == ["Ti", "8"]}
+    assert r["8,16,4"][7:] == ["1.00", "168", "0", "table"]
+    assert r["4,16,4"][7:] == ["0.75", "-", "-", "*"]  # best of the shape; no JIT figures on this row
+    assert r["16,16,8"][7:10] == ["1.50", "255", "96"]
+    assert r["16,64,4"][4:] == ["failed:", "OutOfResources"]
+    r16 = {f[3]: f for f in (line.split() for line in table.splitlines()[2:]) if f[:2] == ["Ti", "16"]}
+    assert r16["8,16,4"][7:] == ["1.00", "-", "-", "table", "*"] and r16["4,32,4"][7] == "1.25"
+    assert bench.summarize_sweep([_scan("torch", "videomamba", 1.0)]) == ""
+
+
+def test_sweep_candidates_cover_the_tile_table(bench):
+    from mamba.ops.scan_triton import TILE_TABLE
+
+    args = bench.parse_args(["--sweep"])
+    cands = bench.sweep_tiles(args, types.SimpleNamespace(type="cuda"))
+    assert all(t in cands for *_, t in TILE_TABLE)
+    assert len({bench.tile_str(t) for t in cands}) == len(cands)
+    assert bench.sweep_tiles(bench.parse_args(["--sweep", "--tiles", "4,8,2"]), None) == [
+        {"block_d": 4, "chunk": 8, "num_warps": 2}]
+    for bad in ("4,8", "4,6,2", "a,b,c"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--sweep", "--tiles", bad])
+
+
+def bench_tile_str(t):
+    return f"{t['block_d']},{t['chunk']},{t['num_warps']}"
+
+
+def test_cpu_sweep_run(tmp_path):
+    """--sweep through the interpreter: the tile the table picks for the shape is added to the candidates,
+    every candidate is timed, one table is printed."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from mamba.ops.scan_triton import scan_tile
+
+    stdout, rows = _run(tmp_path, "sweep", "--sweep", "--tiles", "4,4,1")
+    picked = bench_tile_str(scan_tile(16, 9))  # the CPU stand-in shape: E = 16, l = 9
+    assert [(r["tile"], r["table"]) for r in rows] == [(picked, True), ("4,4,1", False)], rows
+    assert all(r["fwd_bwd_ms"] > 0 for r in rows)
+    assert "triton tile sweep" in stdout and stdout.count("table") >= 2
