@@ -60,13 +60,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def ensure_dataset(a, log=print) -> str:
+def _launch_rank() -> int:
+    """This process's rank under torchrun / SLURM (0 without a launcher); the process group starts later."""
+    from utils.distributed import read_launch_env
+
+    return read_launch_env()["rank"]
+
+
+def ensure_dataset(a, log=print, wait_s: float = 900.0) -> str:
     """Write the synthetic dataset to ``a.data_path`` unless its lists are there. Returns the labels file.
 
     An existing folder is used only when its ``synthetic.json`` says it was written by this generator version
-    with the parameters asked for; otherwise the run stops and says why (never trains on other data)."""
+    with the parameters asked for; otherwise the run stops and says why (never trains on other data).
+    Under a launcher only rank 0 writes; the other ranks wait for its ``synthetic.json`` (written last)."""
     from datasets.synthetic import META_FILE, dataset_meta
 
+    if _launch_rank() != 0:
+        t0 = time.time()
+        while not os.path.isfile(os.path.join(a.data_path, META_FILE)):
+            if time.time() - t0 > wait_s:
+                raise SystemExit(f"[demo] waited {wait_s:.0f} s for rank 0 to write {a.data_path}")
+            time.sleep(0.5)
     lists = [os.path.join(a.data_path, f"{s}.csv") for s in ("train", "val", "test")]
     params = dict(seed=a.data_seed, num_classes=4, train_per_class=a.train_per_class, val_per_class=a.val_per_class,
                   test_per_class=a.test_per_class, frames=a.frames, size=a.size)
@@ -174,15 +188,19 @@ def main(argv=None) -> dict:
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     t0 = time.time()
+    rank = _launch_rank()
     labels = ensure_dataset(a)
     os.makedirs(a.output_dir, exist_ok=True)
     log_path = os.path.join(a.output_dir, "log.txt")
-    if os.path.isfile(log_path) and not a.keep_log:
+    if rank == 0 and os.path.isfile(log_path) and not a.keep_log:
         os.replace(log_path, log_path + ".prev")
         print(f"[demo] moved the previous run's log to {log_path}.prev")
     flags = finetune_flags(a)
-    print("[demo] python run_class_finetuning.py " + " ".join(flags), flush=True)
+    if rank == 0:
+        print("[demo] python run_class_finetuning.py " + " ".join(flags), flush=True)
     run_finetuning(flags, a.train_crop_scale)
+    if rank != 0:
+        return {}
     s = read_log(a.output_dir)
     wall = time.time() - t0
     ckpt = os.path.join(a.output_dir, "checkpoint-best.pth")

@@ -17,10 +17,32 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, rand_augment_transform
+from timm.data import auto_augment as _timm_aa
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import str_to_pil_interp
+
+
+def _posterize(img, bits_to_keep, **__):
+    """timm's posterize with the 0-bit case PIL >= 11 rejects: a RandAugment magnitude at its upper bound (10, drawn
+    about 2% of the time by rand-m9-mstd0.5, the ImageNet recipes' policy) makes PosterizeIncreasing keep 0 bits,
+    and ``ImageOps.posterize(img, 0)`` now raises "bits must be between or equal to 1 and 8" inside a loader
+    worker, ending the run. Keeping 0 bits is what older PIL computed (every pixel & 0: a black image), i.e. what
+    DeiT / VideoMamba trained with."""
+    bits = int(bits_to_keep)
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits)
+
+
+# timm's ops are looked up by name when a policy is built (ImageNet's create_transform and our video RandAugment):
+# every posterize variant gets the 0-bit-safe op.
+for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+    if _name in _timm_aa.NAME_TO_OP:
+        _timm_aa.NAME_TO_OP[_name] = _posterize
 
 
 def random_resized_crop_params(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),

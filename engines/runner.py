@@ -35,8 +35,8 @@ from utils.checkpoint_io import (
 from utils.config import dump_args_yaml
 from utils.errors import DataError, clean_message
 from utils.logger import TensorboardLogger, append_json_log, drop_epochs_from, update_summary
-from utils.optim import create_optimizer, param_groups_layer_decay
-from utils.schedules import cosine_scheduler, scaled_lr
+from utils.optim import create_optimizer, param_groups_from_args
+from utils.schedules import cosine_scheduler, scale_lrs
 
 from .backends import build_backend
 from .finetune import BadFileTracker, NonFiniteLossError, evaluate, final_test, merge, train_one_epoch
@@ -308,15 +308,18 @@ def _run(args, wiring: Wiring) -> dict:
     # 4. optimizer, lr scaling, back end
     world = dist_utils.get_world_size()
     base = {k: getattr(args, k) for k in ("lr", "min_lr", "warmup_lr")}
-    for k, v in base.items():
-        setattr(args, k, scaled_lr(v, args.batch_size, args.update_freq, world, args.num_sample))
-    log(f"lr scaling: lr {base['lr']:g} -> {args.lr:g}, warmup_lr {base['warmup_lr']:g} -> {args.warmup_lr:g}, "
-        f"min_lr {base['min_lr']:g} -> {args.min_lr:g} (x batch {args.batch_size} x update_freq {args.update_freq} "
-        f"x world {world} x num_sample {args.num_sample} / 256)")
+    scaled = scale_lrs(args, world)
+    for k in base:
+        setattr(args, k, scaled[k])
+    log(f"lr scaling ({getattr(args, 'lr_scale_rule', None) or 'linear256'}): lr {base['lr']:g} -> {args.lr:g}, "
+        f"warmup_lr {base['warmup_lr']:g} -> {args.warmup_lr:g}, min_lr {base['min_lr']:g} -> {args.min_lr:g} "
+        f"({scaled['rule']}; batch {args.batch_size}, update_freq {args.update_freq}, world {world}, "
+        f"num_sample {args.num_sample})")
     num_layers = model.get_num_layers() if hasattr(model, "get_num_layers") else len(getattr(model, "layers", []))
-    groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay, num_layers)
+    groups = param_groups_from_args(model, args, num_layers)
     if args.layer_decay < 1.0:
-        log(f"layer decay {args.layer_decay}: {num_layers} layers, lr scales "
+        log(f"layer decay {args.layer_decay} ({getattr(args, 'layer_decay_mode', None) or 'block'} mode): "
+            f"{num_layers} layers, lr scales "
             f"{sorted({round(g['lr_scale'], 6) for g in groups})}")
     if args.dry_run:
         create_optimizer(args, model, groups)

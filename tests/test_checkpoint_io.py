@@ -94,3 +94,15 @@ def test_file_needing_full_unpickling_is_refused_unless_trusted(tmp_path):
     with pytest.raises(CheckpointError, match="trust_checkpoint"):
         load_checkpoint(str(p))
     assert isinstance(load_checkpoint(str(p), trust_checkpoint=True)["obj"], _Custom)
+
+
+def test_videomae_style_namespace_args_load_as_data_but_other_objects_do_not(tmp_path):
+    import argparse
+
+    p = tmp_path / "upstream.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-3, model="videomamba_tiny")}, p)
+    ck = load_checkpoint(str(p))
+    assert ck["args"].model == "videomamba_tiny" and torch.equal(ck["model"]["w"], torch.ones(2))
+    torch.save({"model": {}, "args": argparse.Namespace(obj=_Custom())}, p)
+    with pytest.raises(CheckpointError, match="trust_checkpoint"):
+        load_checkpoint(str(p))

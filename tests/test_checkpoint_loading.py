@@ -152,10 +152,19 @@ def test_mismatched_head_dropped_with_message_and_missing_set_asserted():
     load_pretrained(dst, sd, expected_missing={"layers.1.mixer.D_b"}, log=_quiet)  # declared: fine
 
 
-def test_architecture_mismatch_is_a_clear_error():
+def test_another_width_names_the_width_not_the_head():
     src = timm.create_model("videomambapro_test", num_frames=2, embed_dim=48)
     dst = timm.create_model("videomambapro_test", num_frames=2)
-    with pytest.raises(RuntimeError, match="does not fit the model"):
+    msgs = []
+    with pytest.raises(RuntimeError, match=r"width 48 \(embedding dim\).*width 32"):
+        load_pretrained(dst, src.state_dict(), log=msgs.append)
+    assert not any("head" in m for m in msgs)  # the classes match: no misleading head message first
+
+
+def test_deeper_checkpoint_of_the_same_width_is_an_error_naming_the_depth():
+    src = timm.create_model("videomambapro_test", num_frames=2, depth=4)
+    dst = timm.create_model("videomambapro_test", num_frames=2)
+    with pytest.raises(RuntimeError, match=r"checkpoint has 4 blocks, the model 2: a depth mismatch"):
         load_pretrained(dst, src.state_dict(), log=_quiet)
 
 

@@ -55,7 +55,7 @@ def test_torchrun_native_ddp_two_ranks_trains_and_merges(tmp_path):
     out = str(tmp_path / "ddp")
     stdout = _torchrun(out, "--lr", "2.0", "--epochs", "3", dist_eval=False)
     assert "distributed init (torchrun, cpu:gloo): rank 0/2" in stdout
-    assert "x world 2" in stdout  # lr scaling uses the world size
+    assert "world 2," in stdout and "lr scaling (linear256)" in stdout  # lr scaling uses the world size
     lines = [json.loads(x) for x in open(os.path.join(out, "log.txt"))]
     assert lines[-2]["train_loss"] < lines[0]["train_loss"]
     # without --dist_eval every rank validates the whole list: the count is the list length, not x world size

@@ -104,6 +104,7 @@ def test_frame_major_token_order():
 
 
 def test_videomamba_equals_pro_with_both_changes_off():
+    torch.manual_seed(0)  # fixed weights and clip: the comparison's tolerance is for one draw, not any
     vm = timm.create_model("videomamba_test")
     with torch.no_grad():  # larger steps than the init's (dt <= 0.1) so the diagonal term is not negligible
         for layer in vm.layers:

@@ -135,3 +135,22 @@ def test_mixup_5d_targets_and_shared_cutmix_box():
         fn(torch.randn(3, 3, 2, 8, 8), torch.tensor([0, 1, 2]))
     assert build_mixup_fn(default_data_args(mixup=0, cutmix=0, smoothing=0), 5) is None
     assert build_mixup_fn(default_data_args(mixup=0, cutmix=0, smoothing=0.1), 5) is None  # engine smooths
+
+
+def test_randaugment_at_its_magnitude_bound_does_not_crash_the_loader():
+    """rand-m9-mstd0.5 (the ImageNet recipes) draws magnitude 10 about 2% of the time; PosterizeIncreasing then keeps
+    0 bits, which PIL >= 11 rejects with a ValueError inside a loader worker. It must give the old result (black)."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform
+    from timm.data.auto_augment import AugmentOp
+
+    import datasets  # noqa: F401  (installs the 0-bit-safe posterize)
+
+    img = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype("uint8"))
+    assert np.asarray(AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(img)).max() == 0
+    assert np.asarray(AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(img)).max() == 192  # 2 bits kept
+    # the recipe's whole policy with the magnitude pinned at the bound (std 0 -> always 10): every op runs
+    tf = create_transform(16, is_training=True, auto_augment="rand-m10-n15-inc1", re_prob=0.0)
+    for _ in range(20):
+        assert tf(img).shape == (3, 16, 16)

@@ -121,7 +121,9 @@ def safe_load(path: str, trust_checkpoint: bool = False, map_location="cpu", mma
         raise CheckpointError(f"could not read checkpoint {path} ({os.path.getsize(path)} bytes): truncated or "
                               f"corrupt (not a complete torch zip archive, e.g. an interrupted copy or save)")
     try:
-        with torch.serialization.safe_globals(list(allowed_globals)):
+        # argparse.Namespace: VideoMAE-style trainers (VideoMamba's among them) store their args as one; it is an
+        # attribute bag, so it is data like a dict
+        with torch.serialization.safe_globals([argparse.Namespace, *allowed_globals]):
             return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint, mmap=mmap)
     except pickle.UnpicklingError as e:
         if not trust_checkpoint:

@@ -5,11 +5,14 @@
 # run_demo.py, which also writes the dataset to $DATA_PATH when it is missing and prints the full command.
 #   bash exp/demo/videomambapro_demo.sh [run_demo.py flags, e.g. --epochs 8 --seed 1] [-- run_class_finetuning flags]
 #   MODEL=videomamba_demo SEED=1 OUTPUT_DIR=output/demo_vm bash exp/demo/videomambapro_demo.sh
+#   GPUS=2 bash exp/demo/videomambapro_demo.sh      # torchrun, 2 processes (rank 0 writes the data)
 set -euo pipefail
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO_ROOT"
+source "$(dirname "$0")/../launch.sh"
 
-exec "${PYTHON:-python}" "$REPO_ROOT/run_demo.py" \
+GPUS="${GPUS:-1}"   # processes; 1 runs plain python (no launcher), more run torchrun
+if [ "$GPUS" = 1 ]; then export LAUNCHER="${LAUNCHER:-python}"; fi
+
+launch run_demo.py \
     --data_path "${DATA_PATH:-$REPO_ROOT/data/synthetic}" \
     --output_dir "${OUTPUT_DIR:-$REPO_ROOT/output/demo}" \
     --model "${MODEL:-videomambapro_demo}" \
