@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--sweep", action="store_true", help="time candidate Triton tiles instead (see the docstring)")
     p.add_argument("--tiles", nargs="+", default=None, type=parse_tile, metavar="BD,CHUNK,WARPS",
                    help="candidate tiles for --sweep (powers of two)")
+    p.add_argument("--key_figures", default=None, metavar="JSON",
+                   help="print the one-line key figures of an earlier --json file and exit (scripts/device_check.sh)")
     return p.parse_args(argv)
 
 
@@ -510,8 +512,37 @@ def summarize(rows, peak_GBps=float("nan")):
     return "\n".join(out)
 
 
+def key_figures(rows, backend="triton"):
+    """One line per run for scripts/device_check.sh: per size (first frame count), the VideoMambaPro layer's
+    fwd+bwd ms on ``backend``, its ratio to two mamba-ssm calls, its fwd / bwd bandwidth as a fraction of the
+    device copy bandwidth, and the VideoMambaPro / VideoMamba training-step time ratio."""
+    ok = [r for r in rows if "skipped" not in r]
+
+    def get(level, size, bk, variant):
+        return next((r for r in ok if (r["level"], r.get("size"), r.get("backend"), r.get("variant")) ==
+                     (level, size, bk, variant)), None)
+
+    parts = []
+    for size in dict.fromkeys(r["size"] for r in ok if "size" in r):
+        pro, up = get("scan", size, backend, "videomambapro"), get("scan", size, "mamba_ssm_x2", "videomamba")
+        mp, mv = get("model", size, backend, "videomambapro"), get("model", size, backend, "videomamba")
+        p = [f"{size} scan {pro['fwd_bwd_ms']:.2f}ms" if pro else f"{size} scan -"]
+        if pro and up:
+            p.append(f"/mssm2 {pro['fwd_bwd_ms'] / up['fwd_bwd_ms']:.2f}")
+        if pro and pro.get("peak_GBps"):
+            p.append(f"floor {pro['fwd_GBps'] / pro['peak_GBps']:.2f}/{pro['bwd_GBps'] / pro['peak_GBps']:.2f}")
+        if mp and mv:
+            p.append(f"VMP/VM step {mp['step_ms'] / mv['step_ms']:.2f}")
+        parts.append(" ".join(p))
+    return "; ".join(parts) or "-"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.key_figures:
+        with open(args.key_figures) as f:
+            print(key_figures(json.load(f)))
+        return 0
     if args.allow_cpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (kernels decorate at import)
     import torch
@@ -549,6 +580,8 @@ def main(argv=None):
     for r in rows:
         if "skipped" in r:
             print(f"skipped: {r}", flush=True)
+        elif r["level"] == "scan" and peak == peak:
+            r["peak_GBps"] = peak  # the floor's reference, for readers of --json
     print("\n" + (summarize_sweep(rows) if args.sweep else summarize(rows, peak)), flush=True)
     if args.json:
         with open(args.json, "w") as f:

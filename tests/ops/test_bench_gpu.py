@@ -143,3 +143,19 @@ def test_cpu_sweep_run(tmp_path):
     assert [(r["tile"], r["table"]) for r in rows] == [(picked, True), ("4,4,1", False)], rows
     assert all(r["fwd_bwd_ms"] > 0 for r in rows)
     assert "triton tile sweep" in stdout and stdout.count("table") >= 2
+
+
+def test_key_figures_line(bench, tmp_path):
+    """The one line device_check.sh prints for the bench stage: scan ms, / two mamba-ssm calls, bandwidth
+    fractions of the floor, VideoMambaPro / VideoMamba step time."""
+    rows = [dict(_scan("triton", "videomambapro", 4.0, gbps=(1000.0, 500.0)), peak_GBps=2000.0),
+            _scan("triton", "videomamba", 3.9), _scan("mamba_ssm_x2", "videomamba", 5.0),
+            _model("triton", "videomambapro", 105.0, 1000.0, 8), _model("triton", "videomamba", 100.0, 990.0, 8),
+            _scan("triton", "videomambapro", 9.0, size="S"),
+            dict(level="scan", size="S", frames=8, backend="cuda", skipped="not installed")]
+    line = bench.key_figures(rows)
+    assert line == "Ti scan 4.00ms /mssm2 0.80 floor 0.50/0.25 VMP/VM step 1.05; S scan 9.00ms"
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    assert bench.main(["--key_figures", str(path)]) == 0
+    assert bench.key_figures([]) == "-"
