@@ -16,6 +16,8 @@ if ROOT not in sys.path:
 
 T, S, NUM_CLASSES = 2, 4, 3
 SLEEP = float(os.environ.get("FAKE_ITEM_SLEEP", "0"))  # slows items down for kill tests
+# FAKE_STOP_RANK=r FAKE_STOP_AT=n: rank r SIGSTOPs itself at its n-th training item (a stalled rank)
+STOP_RANK, STOP_AT = os.environ.get("FAKE_STOP_RANK"), int(os.environ.get("FAKE_STOP_AT", "0"))
 
 
 class TinyLayered(nn.Module):
@@ -68,6 +70,7 @@ class TensorVideos(torch.utils.data.Dataset):
         self.labels = [i % NUM_CLASSES for i in range(n)]
         self.clips = [make_clip(g, lb) for lb in self.labels]
         self.mode, self.views, self.bad = mode, views, set(bad)
+        self.calls = 0
 
     def __len__(self):
         return len(self.clips) * (self.views if self.mode == "test" else 1)
@@ -76,6 +79,11 @@ class TensorVideos(torch.utils.data.Dataset):
         if SLEEP:
             time.sleep(SLEEP)
         if self.mode == "train":
+            self.calls += 1
+            if STOP_RANK is not None and STOP_RANK == os.environ.get("RANK") and self.calls == STOP_AT:
+                import signal
+
+                os.kill(os.getpid(), signal.SIGSTOP)
             return self.clips[i] + 0.05 * torch.randn_like(self.clips[i]), self.labels[i], i, ""
         if self.mode == "val":
             return self.clips[i], self.labels[i], f"vid{i}", i not in self.bad
