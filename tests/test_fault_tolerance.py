@@ -286,3 +286,12 @@ def test_stalled_rank_stops_the_run_after_dist_timeout_naming_the_collective(tmp
     assert proc.returncode != 0
     assert time.time() - t0 < 200  # not the old 30-minute process-group timeout
     assert "rank 0/2: collective 'train step flags' failed after" in out and "--dist_timeout 0.15 min" in out
+
+
+@pytest.mark.slow
+def test_fault_check_script_every_scenario_survives(tmp_path):
+    """scripts/fault_check.sh end to end (about 4-5 minutes on 2 cores)."""
+    res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "fault_check.sh"), "--work", str(tmp_path / "w")],
+                         env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-3000:]
+    assert "13 of 13 scenarios survived" in res.stdout
