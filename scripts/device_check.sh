@@ -16,8 +16,8 @@
 #                                              # flag parsing, tiny dataset, recipe through DRY_RUN=1)
 #
 # Environment: WORK (scratch folder, default a new temp dir), STEPS (30), BATCH (16 videos per step; the
-# recipe's --num_sample 2 makes it 32 clips), RECIPE, PYTHON, TIMEOUT_<STAGE> in seconds (TESTS 110, BENCH 120,
-# DATA 45, NATIVE 75, DS 90, EVAL 40: 480 s in all).
+# recipe's --num_sample 2 makes it 32 clips), RECIPE, PYTHON, TIMEOUT_<STAGE> in seconds (TESTS 90, BENCH 140,
+# DATA 40, NATIVE 80, DS 90, EVAL 40: 480 s in all; the Triton JIT cache is shared).
 set -uo pipefail
 
 MODE=gpu
@@ -106,12 +106,12 @@ if [ "$MODE" = gpu ]; then
         echo "device_check.sh: no CUDA GPU visible (use --cpu-dry to check the script without one)" >&2
         exit 2
     fi
-    run "gpu tests" "${TIMEOUT_TESTS:-110}" key_tests "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
-    run bench "${TIMEOUT_BENCH:-120}" key_bench "$PYTHON" scripts/bench_gpu.py --sizes Ti S --frames 8 \
+    run "gpu tests" "${TIMEOUT_TESTS:-90}" key_tests "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
+    run bench "${TIMEOUT_BENCH:-140}" key_bench "$PYTHON" scripts/bench_gpu.py --sizes Ti S --frames 8 \
         --backends triton cuda --json "$WORK/bench.json"
-    run data "${TIMEOUT_DATA:-45}" key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" \
+    run data "${TIMEOUT_DATA:-40}" key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" \
         --num_classes 4 --train_per_class "$PER_CLASS" --val_per_class 5 --test_per_class 5 --frames 8 --size 224
-    run "train native" "${TIMEOUT_NATIVE:-75}" key_native env OUTPUT_DIR="$WORK/native" bash "$RECIPE" \
+    run "train native" "${TIMEOUT_NATIVE:-80}" key_native env OUTPUT_DIR="$WORK/native" bash "$RECIPE" \
         "${TRAIN_FLAGS[@]}"
     run "train ds" "${TIMEOUT_DS:-90}" key_ds env OUTPUT_DIR="$WORK/ds" bash "$RECIPE" "${TRAIN_FLAGS[@]}" \
         --enable_deepspeed --zero_stage 2

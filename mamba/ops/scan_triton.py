@@ -252,6 +252,7 @@ if triton is not None:
                 dt1 = dt1 + bias[None, :]
             if SOFTPLUS:
                 dt = tl.where(dtr <= 20.0, tl.log(1.0 + tl.exp(dtr)), dtr)
+                dsp = tl.sigmoid(dtr)  # softplus'
                 dt1 = tl.where(dt1 <= 20.0, tl.log(1.0 + tl.exp(dt1)), dt1)
             else:
                 dt = dtr
@@ -286,45 +287,50 @@ if triton is not None:
                 dy = dout * scale * zt * sig
             else:
                 dy = dout * scale
-            # everything that needs the states themselves first; afterwards only a_t h_{t-1} stays live
+            # each result is stored as soon as it is final (short live ranges); what needs the states
+            # themselves comes first, afterwards only a_t h_{t-1} stays live
+            if HAS_D:
+                if not (MASKED and DROP_D):
+                    dD_acc += tl.sum(dy * u, axis=0)
+            mp = mask_s[:, None] & (offs_n < NP)[None, :]
             dCp = tl.sum(hs * dy[:, :, None], axis=1)  # (CHUNK, NP)
+            if MASKED:
+                s_dyu = tl.sum(dy * dtu, axis=1)[:, None]
+                dCp = dCp - s_dyu * Bt
+            tl.store(dC_ptr + part_off + pos[:, None], dCp, mask=mp)
             ah = hs - dBu  # a_t * h_{t-1}
             # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1} (reverse scan), plus the next chunk's carry
             P, G = tl.associative_scan((tl.exp(dt1[:, :, None] * A[None, :, :]), Ct[:, None, :] * dy[:, :, None]),
                                        0, _lin_combine, reverse=True)
             g = G + P * g_next[None, :, :]
             g_next = tl.sum(tl.where((ar == 0)[:, None, None], g, 0.0), axis=0)
-            ddt = tl.sum(g * (A[None, :, :] * ah + Bt[:, None, :] * u[:, :, None]), axis=2)
-            du = tl.sum(g * Bt[:, None, :], axis=2) * dt
-            dA_acc += tl.sum(g * ah * dt[:, :, None], axis=0)
             dBp = tl.sum(g * dtu[:, :, None], axis=1)  # (CHUNK, NP)
             if MASKED:
+                dBp = dBp - s_dyu * Ct
+            tl.store(dB_ptr + part_off + pos[:, None], dBp, mask=mp)
+            dA_acc += tl.sum(g * ah * dt[:, :, None], axis=0)
+            ddt = tl.sum(g * (A[None, :, :] * ah + Bt[:, None, :] * u[:, :, None]), axis=2)
+            if MASKED:
                 ddt = ddt - dy * u * BC
+            if SOFTPLUS:
+                ddt = ddt * dsp
+            ddt = tl.where(m2, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(ddt_ptr + io_off + pos[:, None], ddt, mask=m2)
+            du = tl.sum(g * Bt[:, None, :], axis=2) * dt
+            if MASKED:
                 du = du - dy * dt * BC
             if HAS_D:
                 if not (MASKED and DROP_D):
                     du = du + Dv[None, :] * dy
-                    dD_acc += tl.sum(dy * u, axis=0)
             if RESIDUAL:
                 # h_{-1} = u_0 broadcast: dL/du_0 += sum_n a_0 g_0. g_next now holds g at this chunk's first
                 # step; only the chunk holding scan step 0 uses it (2-D work, no (chunk, d, n) tensor kept)
                 dt0 = tl.sum(tl.where((ar == 0)[:, None], dt, 0.0), axis=0)
                 du0 = tl.sum(tl.exp(dt0[:, None] * A) * g_next, axis=1)
                 du = du + tl.where((offs_s == 0)[:, None], du0[None, :], 0.0)
-            if MASKED:
-                s_dyu = tl.sum(dy * dtu, axis=1)[:, None]
-                dBp = dBp - s_dyu * Ct
-                dCp = dCp - s_dyu * Bt
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dtr)
-            ddt = tl.where(m2, ddt, 0.0)
-            if HAS_BIAS:
-                dbias_acc += tl.sum(ddt, axis=0)
             tl.store(du_ptr + io_off + pos[:, None], du, mask=m2)
-            tl.store(ddt_ptr + io_off + pos[:, None], ddt, mask=m2)
-            mp = mask_s[:, None] & (offs_n < NP)[None, :]
-            tl.store(dB_ptr + part_off + pos[:, None], dBp, mask=mp)
-            tl.store(dC_ptr + part_off + pos[:, None], dCp, mask=mp)
         tl.store(dA_ptr + (pid_b * DM + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
         if HAS_D:
             tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
@@ -747,7 +753,7 @@ def aot_report(jobs, *, log=None) -> list:
     ``jobs``: dicts with ``arch`` (80, 90, ...), ``variant`` (AOT_VARIANTS key), and optionally ``tile``,
     ``dtype`` ("bf16" / "fp32" / "fp16"), ``layout`` (AOT_LAYOUTS) and ``bidirectional`` (default True).
     Launches that specialize identically (launch_key) are compiled once per arch. Returns one dict per
-    compiled launch: arch, gpu, kernel (describe_launch), dtype, layout, tile, variant, registers,
+    compiled launch: arch, gpu, name, kernel (describe_launch), dtype, layout, tile, variant, registers,
     spill_stores, spill_loads, stack, seconds. ``log``: called with each row as it is done.
     """
     import time
@@ -768,7 +774,8 @@ def aot_report(jobs, *, log=None) -> list:
             t0 = time.perf_counter()
             compiled = compile_launch(kernel, args, kwargs, job["arch"])
             usage = ptxas_usage(compiled.asm["ptx"])
-            row = dict(arch=job["arch"], kernel=describe_launch(kernel, kwargs), dtype=dt, layout=layout,
+            row = dict(arch=job["arch"], name=_kernel_name(kernel), kernel=describe_launch(kernel, kwargs),
+                       dtype=dt, layout=layout,
                        tile=tile, variant=job["variant"], **usage, seconds=round(time.perf_counter() - t0, 2))
             rows.append(row)
             if log is not None:

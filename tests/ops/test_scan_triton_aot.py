@@ -11,7 +11,6 @@ matrix (every flag combination x fp32/bf16 x both layouts x both entries x every
 Runs in a subprocess: other test modules set TRITON_INTERPRET=1 in this process, and with it triton builds
 interpreter-only kernels that cannot be compiled.
 """
-import glob
 import json
 import os
 import subprocess
@@ -46,16 +45,21 @@ json.dump(dict(rows=rows, defined=defined, default_tile=st.DEFAULT_TILE, other_t
 """
 
 
+_SKIP_DIRS = {"tests", "data", "output", "work_dirs", "venv", "node_modules", "__pycache__"}
+
+
 def _kernel_modules():
-    """Importable modules of the project that define Triton kernels (tests excluded)."""
+    """Importable modules of the project that define Triton kernels (tests, data and hidden folders skipped)."""
     mods = []
-    for path in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True):
-        rel = os.path.relpath(path, ROOT)
-        if rel.startswith(("tests", ".")) or os.sep + "." in rel:
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            if "@triton.jit" in f.read():
-                mods.append(rel[:-3].replace(os.sep, "."))
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+        for fn in filenames:
+            if not fn.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, fn)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if "@triton.jit" in f.read():
+                    mods.append(os.path.relpath(path, ROOT)[:-3].replace(os.sep, "."))
     return sorted(mods)
 
 
@@ -104,7 +108,9 @@ def test_every_kernel_and_direction_role_is_compiled(default_report):
     """Every ``*_kernel`` of the project is compiled, in each role the bidirectional layer launches it."""
     rows = default_report["rows"]
     defined = {name.rsplit(".", 1)[1] for name in default_report["defined"]}
-    assert defined == {"_scan_fwd_kernel", "_scan_bwd_kernel"}, "a new kernel: add its launches to the AOT jobs"
+    assert {"_scan_fwd_kernel", "_scan_bwd_kernel"} <= defined
+    for gpu in ("sm_80", "sm_90a"):  # a kernel nobody launches here needs its launches in the AOT jobs
+        assert defined <= {r["name"] for r in rows if r["gpu"] == gpu}, defined
     compiled = {(r["gpu"], r["kernel"], r["dtype"]) for r in rows}
     for gpu in ("sm_80", "sm_90a"):
         for dtype in ("bf16", "fp32"):
