@@ -119,6 +119,12 @@ def test_slurm_wrapper_runs_recipe_per_task(tmp_path):
     assert "--ntasks=16" in opts and "--ntasks-per-node=8" in opts and "--kill-on-bad-exit=1" in opts
     args = _dry_run(argv)
     assert args.data_set == "SSV2" and args.epochs == 2
+    # without GPUS the recipe's own count is used (VideoMamba ran K400 middle f16 on 16 GPUs)
+    log.write_text("")
+    _capture(["bash", os.path.join(ROOT, "exp/slurm/srun.sh"),
+              os.path.join(ROOT, "exp/k400/videomambapro_middle_f16_res224.sh")], tmp_path,
+             PATH=f"{fake}:{os.environ['PATH']}", SRUN_LOG=str(log), GPUS_PER_NODE="8")
+    assert "--ntasks=16" in log.read_text().split()
 
 
 def test_nb_classes_defaults_to_the_datasets_count(tmp_path):

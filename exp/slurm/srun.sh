@@ -7,7 +7,9 @@ set -euo pipefail
 RECIPE="${1:?usage: srun.sh exp/<dataset>/<recipe>.sh [extra flags]}"
 shift
 PARTITION="${PARTITION:-video}"
-GPUS="${GPUS:-8}"
+# total tasks: the recipe's own GPU count (its GPUS="${GPUS:-N}" line) unless GPUS is set
+RECIPE_GPUS="$(sed -n 's/^GPUS="\${GPUS:-\([0-9]*\)}".*/\1/p' "$RECIPE" | head -n 1)"
+GPUS="${GPUS:-${RECIPE_GPUS:-8}}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
 CPUS_PER_TASK="${CPUS_PER_TASK:-16}"
 JOB_NAME="${JOB_NAME:-$(basename "$RECIPE" .sh)}"
