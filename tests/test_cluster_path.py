@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from engines.backends import cast_input
 from engines.finetune import BadFileTracker, evaluate, final_test, merge
 from engines.runner import ShardSampler, build_loaders, seed_epoch
-from tests.test_engine_common import FAST_FLAGS, ROOT, TensorVideos, TinyLayered
+from tests.test_engine_common import FAST_FLAGS, ROOT, TensorVideos, TinyLayered, launcher_free_env
 from utils import distributed as dist_utils
 from utils.distributed import free_port
 from utils.logger import MetricLogger
@@ -134,9 +134,7 @@ def test_each_rank_draws_its_own_augmentation_and_reruns_reproduce(monkeypatch):
 # ---- 4-5. DeepSpeed bf16: EMA in fp32, tag retention, validation and test through the cast ----------------------------
 def test_deepspeed_bf16_ema_fp32_and_tag_retention(tmp_path):
     out = str(tmp_path / "ds")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = launcher_free_env()
     cmd = [sys.executable, os.path.join(ROOT, "tests", "test_engine_common.py"), *FAST_FLAGS, "--epochs", "4",
            "--enable_deepspeed", "--zero_stage", "1", "--bf16", "--model_ema", "--model_ema_decay", "0.5",
            "--save_ckpt_freq", "2", "--output_dir", out]

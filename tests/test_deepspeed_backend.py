@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_engine_common import FAST_FLAGS, ROOT
+from tests.test_engine_common import FAST_FLAGS, ROOT, launcher_free_env
 from utils.deepspeed_config import build_deepspeed_config
 
 
@@ -39,9 +39,7 @@ def test_config_honours_every_flag():
 
 def test_single_process_deepspeed_stage0_without_launcher(tmp_path):
     out = str(tmp_path / "ds")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = launcher_free_env()
     cmd = [sys.executable, os.path.join(ROOT, "tests", "test_engine_common.py"), *FAST_FLAGS, "--epochs", "1",
            "--enable_deepspeed", "--zero_stage", "0", "--layer_decay", "0.5", "--update_freq", "2",
            "--opt_betas", "0.8", "0.9", "--clip_grad", "2.0", "--output_dir", out]

@@ -55,6 +55,14 @@ class TinyLayered(nn.Module):
         return self.head(self.drop(self.norm_f(tok).mean(1)))
 
 
+def launcher_free_env(**extra) -> dict:
+    """The environment for a subprocess started as a user starts one process (no launcher variables)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **extra)
+    return env
+
+
 def make_clip(g, label):
     x = torch.randn(3, T, S, S, generator=g) * 0.5
     x[label % 3, label % T] += 1.5  # learnable signal

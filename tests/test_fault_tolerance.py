@@ -16,7 +16,7 @@ import yaml
 
 from engines.runner import run
 from run_class_finetuning import get_args_parser
-from tests.test_engine_common import FAST_FLAGS, ROOT, TensorVideos, TinyLayered, fake_wiring
+from tests.test_engine_common import FAST_FLAGS, ROOT, TensorVideos, TinyLayered, fake_wiring, launcher_free_env
 from utils.checkpoint_io import DEEPSPEED_MODEL_FILE, CheckpointError, deepspeed_loader, find_resume_checkpoint
 from utils.config import parse_with_config
 from utils.distributed import free_port
@@ -33,10 +33,7 @@ def _log(out):
     return [json.loads(x) for x in open(os.path.join(out, "log.txt")) if x.strip()]
 
 
-def _env(**kw):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **kw)
-    return env
+_env = launcher_free_env
 
 
 # ---- 1. security: no checkpoint's code runs, DeepSpeed tag files included --------------------------------------------
