@@ -37,6 +37,9 @@ BATCH="${BATCH:-16}"
 WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")}"
 mkdir -p "$WORK"
 export GPUS=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
+# the recipes start from VideoMamba's released ImageNet weights on the Hub by default; the GPU machine has no
+# network and the check needs no pretrained weights: from scratch unless FINETUNE names a local file
+export FINETUNE="${FINETUNE:-none}" HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 
 declare -a ROWS=()
 FAILED=0
