@@ -50,20 +50,21 @@ _INSTALL = (
     "Kernels need a CUDA GPU, or TRITON_INTERPRET=1 (set before import) to run on the CPU."
 )
 
-# Tiles: one program holds a (block_d, N, chunk) working set in registers, spread over num_warps warps.
-# Every tile in DEFAULT_TILE and TILE_TABLE compiles with 0 bytes of register spills (forward and
-# backward kernels, sm_80 and sm_90, fp32 and bf16 inputs, every VideoMambaPro flag combination):
-# tests/ops/test_scan_triton_aot.py checks that ahead of time with ptxas, without a GPU. Larger tiles
-# spill (block_d 16 x chunk 32 x 4 warps: 255 registers, ~2 KB of spill stores per thread backward).
+# Tiles: one program holds a (chunk, block_d, N) working set in registers, spread over num_warps warps. With
+# block_d = 2 x num_warps, Triton's layout puts the 16 states on 16 lanes and the channels on 2 lanes x the
+# warps, so each thread keeps its whole chunk of steps (scans and carries in-thread). Every tile in
+# DEFAULT_TILE and TILE_TABLE compiles with 0 bytes of register spills (forward and backward kernels, sm_80
+# and sm_90, fp32 and bf16 inputs, every VideoMambaPro flag combination): tests/ops/test_scan_triton_aot.py
+# checks that ahead of time with ptxas, without a GPU. Chunk 32 sits at 255 registers in the backward and
+# spills in some variants; the former 16 x 32 x 4 warps tile spilled ~2 KB per thread backward.
 DEFAULT_TILE = {"block_d": 8, "chunk": 16, "num_warps": 4}
-# (max d, max l, tile), first matching row wins (None: unbounded). The chunk is also the interval at which
-# the forward saves the state for the backward, (b, d, l / chunk, N) float32: at chunk 16 that is as large
-# as an fp32 copy of u per direction, so long clips take longer chunks (same registers per thread: fewer
-# channels per program or more warps). `scripts/bench_gpu.py --sweep` times candidates on a GPU.
+# (max d, max l, tile), first matching row wins (None: unbounded). The grid is (d / block_d) x batch programs
+# and long clips train at a small per-GPU batch (Ti at 64 frames, batch 2: 96 programs of 8 channels for
+# ~132 SMs), so from 16 frames on a program takes 4 channels on 2 warps (same per-thread work, twice the
+# programs). `scripts/bench_gpu.py --sweep` times candidates on a GPU.
 TILE_TABLE = (
     (None, 2048, DEFAULT_TILE),  # images (l = 197) and 8-frame clips (l = 1569)
-    (None, 8192, {"block_d": 4, "chunk": 32, "num_warps": 4}),  # 16 / 32 frames
-    (None, None, {"block_d": 4, "chunk": 64, "num_warps": 8}),  # 64 frames (l = 12545)
+    (None, None, {"block_d": 4, "chunk": 16, "num_warps": 2}),  # 16 to 64 frames (l = 3137 to 12545)
 )
 _TILE_KEYS = ("block_d", "chunk", "num_warps")
 _OVERRIDE: dict = {}  # set by triton_scan_config (tests, benchmarks) and VMP_TRITON_* variables
