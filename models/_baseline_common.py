@@ -11,8 +11,10 @@ from timm.layers import trunc_normal_
 
 from .checkpoint import strip_prefixes
 
-# Options of videomambapro_* / videomamba_* only; run_class_finetuning passes them only when given.
-PRO_ONLY_OPTIONS = ("bwd_mask", "residual_start", "mask_drops_D", "gate", "divide_out", "d_state", "d_conv", "expand")
+# Options of videomambapro_* / videomamba_* only (init_mode: VideoMamba's from-scratch initialisation of the SSM,
+# --init); run_class_finetuning passes them only when given.
+PRO_ONLY_OPTIONS = ("bwd_mask", "residual_start", "mask_drops_D", "gate", "divide_out", "d_state", "d_conv", "expand",
+                    "init_mode")
 
 # (img_size, num_frames) of the CPU variants, as videomambapro's ``_SMALL_INPUT``
 _SMALL_INPUT = {"test": (32, 4), "demo": (64, 8)}
