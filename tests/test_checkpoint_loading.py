@@ -184,13 +184,23 @@ def test_truncated_file_clear_error(tmp_path):
         load_checkpoint_file(str(tmp_path / "nope.pth"))
 
 
+class _Opaque:
+    """A class of the training script's own: unpickling it means importing and running that script's code."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+
 def test_code_carrying_checkpoint_needs_trust(tmp_path):
     path = tmp_path / "old.pth"
-    torch.save({"model": {"x": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)}, path)
+    torch.save({"model": {"x": torch.zeros(1)}, "args": _Opaque(lr=0.1)}, path)
     with pytest.raises(RuntimeError, match="--trust_checkpoint"):
         load_checkpoint_file(str(path))
     ck = load_checkpoint_file(str(path), trust_checkpoint=True)
     assert ck["args"].lr == 0.1
+    # VideoMAE-style argparse.Namespace args are an attribute bag: data, loaded without trust
+    torch.save({"model": {"x": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)}, path)
+    assert load_checkpoint_file(str(path))["args"].lr == 0.1
 
 
 def test_timm_pretrained_file_path(tmp_path):
