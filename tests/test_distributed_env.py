@@ -45,5 +45,5 @@ def test_single_process_without_launcher_has_no_process_group(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     args = argparse.Namespace(device="cpu", enable_deepspeed=False)
     d.init_distributed_mode(args)
-    assert args.distributed is False and args.rank == 0 and args.world_size == 1 and args.dist_backend == "gloo"
+    assert args.distributed is False and args.rank == 0 and args.world_size == 1 and args.dist_backend == "cpu:gloo"
     assert not d.is_dist_avail_and_initialized()
