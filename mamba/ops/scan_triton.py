@@ -66,6 +66,9 @@ TILE_TABLE = (
     (None, 2048, DEFAULT_TILE),  # images (l = 197) and 8-frame clips (l = 1569)
     (None, None, {"block_d": 4, "chunk": 16, "num_warps": 2}),  # 16 to 64 frames (l = 3137 to 12545)
 )
+# Register budget of the forward kernel (ptxas .maxnreg). It needs 80-125 registers; without a budget ptxas on
+# sm_90 packs some variants into 80 registers for occupancy and spills 4-12 bytes to get there.
+FWD_MAXNREG = 128
 _TILE_KEYS = ("block_d", "chunk", "num_warps")
 _OVERRIDE: dict = {}  # set by triton_scan_config (tests, benchmarks) and VMP_TRITON_* variables
 
@@ -417,6 +420,7 @@ def _launch_fwd(s, z, acc, out, hbuf, last, *, reverse, softplus, drop_D, acc_in
         HAS_Z=z is not None, RESIDUAL=s["residual"], MASKED=s["masked"], DROP_D=bool(drop_D) and s["masked"],
         ACC_IN=acc_in, WRITE_ACC=write_acc, SAVE_STATES=hbuf is not None, SAVE_LAST=last is not None,
         BLOCK_D=bd, NP=triton.next_power_of_2(n), CHUNK=chunk, ACC=_tl_acc(ct), num_warps=tile["num_warps"],
+        maxnreg=FWD_MAXNREG,
     )
 
 
