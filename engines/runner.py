@@ -242,9 +242,8 @@ def run(args, wiring: Wiring) -> dict:
     try:
         return _run(args, wiring)
     except (DataError, dist_utils.CollectiveError) as e:
-        sys.stderr.write(f"stopping: {clean_message(e)}\n")
+        sys.stderr.write(f"stopping: {clean_message(e)}\n")  # every rank that hit it; print is rank 0 only
         sys.stderr.flush()
-        print(f"stopping: {clean_message(e)}", force=True) if dist_utils.is_dist_avail_and_initialized() else None
         sys.exit(1)
 
 
@@ -355,7 +354,7 @@ def _run(args, wiring: Wiring) -> dict:
     if args.eval:
         return _run_eval(args, loaders, backend, autocast, log, n_parameters)
 
-    if not args.eval and resume_path is not None and dist_utils.is_main_process():
+    if resume_path is not None and dist_utils.is_main_process():
         dropped = drop_epochs_from(args.output_dir, start_epoch)
         if dropped:
             log(f"log.txt: {dropped} lines of epochs >= {start_epoch} (from a run past this checkpoint) moved to "
