@@ -30,6 +30,16 @@ def small_input_defaults(size=None):
     return {}
 
 
+# timm's ImageNet-21k -> 1k ViT weights per size: the pretrained tags of the ViT-based baselines
+VIT_WEIGHTS = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "vit_base_patch16_224"}
+
+
+def with_defaults(kwargs: dict, defaults: dict) -> dict:
+    """create-model kwargs: each of ``defaults`` fills a kwarg that is missing or None; Nones are then dropped."""
+    merged = {**kwargs, **{k: v for k, v in defaults.items() if kwargs.get(k) is None}}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def reject_pro_options(variant, kwargs):
     """A VideoMambaPro flag given to a model without an SSM is an error, not silently dropped."""
     bad = sorted(k for k in PRO_ONLY_OPTIONS if kwargs.get(k) is not None)

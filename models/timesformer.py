@@ -25,12 +25,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from einops import rearrange
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention  # timm.layers.Attention in timm >= 1.0.16, re-exported here
 
 from ._baseline_common import (
+    VIT_WEIGHTS,
     BaselineMixin,
     fill_from_model,
     prepare_state_dict,
@@ -38,8 +38,9 @@ from ._baseline_common import (
     run_blocks,
     shared_surgery,
     small_input_defaults,
+    with_defaults,
 )
-from .videomambapro import PatchEmbed
+from .videomambapro import PatchEmbed, _cfg
 from .videomambapro import checkpoint_filter_fn as _shared_filter
 
 __all__ = ["TimeSformer", "DividedSpaceTimeBlock", "checkpoint_filter_fn", "TIMESFORMER_SIZES"]
@@ -176,20 +177,11 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
     return out
 
 
-def _cfg(url="", **kwargs):
-    return {
-        "url": url, "num_classes": 400, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 1.0,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
-
-
 # Pretrained tags (the default tag of each size): timm's ImageNet-21k -> 1k ViT weights, inflated by
 # checkpoint_filter_fn (the paper initialises from ViT-B/16 ImageNet-21k).
 # ``timm.create_model('timesformer_base', pretrained=True, num_classes=400)`` downloads them from the Hugging
 # Face Hub; without num_classes the head is the ViT's 1000-way one. (Those weights were trained with mean =
 # std = 0.5; the data pipeline normalises with ImageNet's mean / std, as for every model here.)
-VIT_WEIGHTS = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "vit_base_patch16_224"}
 default_cfgs = generate_default_cfgs({
     **{f"timesformer_{s}.augreg_in21k_ft_in1k": _cfg(hf_hub_id=f"timm/{v}.augreg_in21k_ft_in1k", num_classes=1000)
        for s, v in VIT_WEIGHTS.items()},
@@ -204,10 +196,7 @@ def _create_timesformer(variant, pretrained=False, **kwargs):
     embed_dim, depth, heads = TIMESFORMER_SIZES[size]
     defaults = dict(embed_dim=embed_dim, depth=depth, num_heads=heads)
     defaults.update(small_input_defaults(size))
-    for k, v in defaults.items():
-        if kwargs.get(k) is None:
-            kwargs[k] = v
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = with_defaults(kwargs, defaults)
     return build_model_with_cfg(TimeSformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 **kwargs)
 

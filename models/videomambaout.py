@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from einops import rearrange
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
@@ -39,9 +38,10 @@ from ._baseline_common import (
     run_blocks,
     shared_surgery,
     small_input_defaults,
+    with_defaults,
 )
 from .checkpoint import inflate_patch_kernel, resize_pos_embed
-from .videomambapro import MODEL_SIZES, PatchEmbed
+from .videomambapro import MODEL_SIZES, PatchEmbed, _cfg
 from .videomambapro import checkpoint_filter_fn as _shared_filter
 
 __all__ = ["VideoMambaOut", "GatedCNNBlock", "checkpoint_filter_fn", "MAMBAOUT_SIZES"]
@@ -178,14 +178,6 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
                           inflate=inflate)
 
 
-def _cfg(url="", **kwargs):
-    return {
-        "url": url, "num_classes": 400, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 1.0,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
-
-
 default_cfgs = generate_default_cfgs({
     **{f"videomambaout_{s}": _cfg() for s in ("tiny", "small", "middle")},
     **{f"videomambaout_{s}_image": _cfg(num_classes=1000) for s in ("tiny", "small", "middle")},
@@ -204,12 +196,9 @@ def _create_videomambaout(variant, pretrained=False, **kwargs):
     defaults.update(small_input_defaults(size))
     if image:
         defaults.pop("num_frames", None)
-    for k, v in defaults.items():
-        if kwargs.get(k) is None:
-            kwargs[k] = v
+    kwargs = with_defaults(kwargs, defaults)
     if image:
         kwargs.pop("num_frames", None)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return build_model_with_cfg(VideoMambaOut, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 **kwargs)
 

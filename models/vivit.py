@@ -23,12 +23,12 @@ from functools import partial
 import torch
 import torch.nn as nn
 from einops import rearrange
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
 from ._baseline_common import (
+    VIT_WEIGHTS,
     BaselineMixin,
     fill_from_model,
     prepare_state_dict,
@@ -36,9 +36,10 @@ from ._baseline_common import (
     run_blocks,
     shared_surgery,
     small_input_defaults,
+    with_defaults,
 )
 from .checkpoint import resize_temporal_embedding
-from .videomambapro import PatchEmbed
+from .videomambapro import PatchEmbed, _cfg
 from .videomambapro import checkpoint_filter_fn as _shared_filter
 
 __all__ = ["ViViT", "checkpoint_filter_fn", "VIVIT_SIZES"]
@@ -158,17 +159,8 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
     return out
 
 
-def _cfg(url="", **kwargs):
-    return {
-        "url": url, "num_classes": 400, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 1.0,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
-
-
 # Pretrained tags (the default tag of each size): timm's ImageNet-21k -> 1k ViT weights for the spatial
 # transformer (the paper's ViViT-B starts from ViT-B/16 ImageNet-21k); see timesformer.py.
-VIT_WEIGHTS = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "vit_base_patch16_224"}
 default_cfgs = generate_default_cfgs({
     **{f"vivit_{s}.augreg_in21k_ft_in1k": _cfg(hf_hub_id=f"timm/{v}.augreg_in21k_ft_in1k", num_classes=1000)
        for s, v in VIT_WEIGHTS.items()},
@@ -182,10 +174,7 @@ def _create_vivit(variant, pretrained=False, **kwargs):
     embed_dim, depth, temporal_depth, heads = VIVIT_SIZES[size]
     defaults = dict(embed_dim=embed_dim, depth=depth, temporal_depth=temporal_depth, num_heads=heads)
     defaults.update(small_input_defaults(size))
-    for k, v in defaults.items():
-        if kwargs.get(k) is None:
-            kwargs[k] = v
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = with_defaults(kwargs, defaults)
     return build_model_with_cfg(ViViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
