@@ -21,7 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from utils.checkpoint_io import CheckpointError, safe_load
+from utils.checkpoint_io import CheckpointError, safe_load, state_dict_depth, state_dict_width
 
 __all__ = [
     "load_checkpoint_file", "load_pretrained", "unwrap_state_dict", "strip_prefixes", "inflate_patch_kernel",
@@ -139,25 +139,11 @@ def filter_fn_for(model):
     return fn
 
 
-def _width(sd: dict):
-    for k in ("patch_embed.proj.weight", "cls_token"):
-        v = sd.get(k)
-        if hasattr(v, "shape") and len(v.shape) >= 2:
-            return int(v.shape[0] if k.endswith("weight") else v.shape[-1])
-    return None
-
-
 def _depths(unexpected, own: dict, ckpt: dict) -> str:
-    """' (the checkpoint has 32 blocks, the model 24)' when block keys are among the unexpected ones."""
-    import re
-
-    def depth(keys):
-        idx = {int(m.group(2)) for k in keys for m in [re.match(r"^(layers|blocks)\.(\d+)\.", k)] if m}
-        return max(idx) + 1 if idx else 0
-
-    if not any(re.match(r"^(layers|blocks)\.\d+\.", k) for k in unexpected):
+    """' (the checkpoint has 32 blocks, the model 24: a depth mismatch)' when block keys are among the unexpected."""
+    if not state_dict_depth(unexpected):
         return ""
-    return f" (the checkpoint has {depth(ckpt)} blocks, the model {depth(own)}: a depth mismatch)"
+    return f" (the checkpoint has {state_dict_depth(ckpt)} blocks, the model {state_dict_depth(own)}: a depth mismatch)"
 
 
 def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", orig_t_size=None,
@@ -180,7 +166,7 @@ def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", 
     state_dict, key_used = unwrap_state_dict(ckpt, model_key, log)
     report = {"source": source, "model_key": key_used, "actions": [], "head_dropped": False}
     own = model.state_dict()
-    have, want = _width(strip_prefixes(state_dict)[0]), _width(own)
+    have, want = state_dict_width(strip_prefixes(state_dict)[0]), state_dict_width(own)
     if have is not None and want is not None and have != want:
         raise RuntimeError(f"checkpoint {source} is a model of width {have} (embedding dim), but "
                            f"{type(model).__name__} here has width {want}: another model size (e.g. Ti=192, S=384, "

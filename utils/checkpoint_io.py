@@ -261,16 +261,32 @@ def best_record(output_dir: str, log=print) -> dict | None:
     return dict(rec) if isinstance(rec, dict) else None
 
 
+_BLOCK_RE = re.compile(r"^(?:layers|blocks)\.(\d+)\.")
+
+
+def state_dict_width(sd: dict) -> int | None:
+    """The embedding width of a model state dict (patch kernel, cls token or position embedding), if it has one."""
+    for k in ("patch_embed.proj.weight", "cls_token", "pos_embed"):
+        v = sd.get(k)
+        if hasattr(v, "shape") and len(v.shape) >= 2:
+            return int(v.shape[0] if k.endswith("weight") else v.shape[-1])
+    return None
+
+
+def state_dict_depth(keys) -> int:
+    """Number of ``layers.{i}`` / ``blocks.{i}`` blocks named in ``keys`` (0 when none)."""
+    idx = {int(m.group(1)) for k in keys for m in [_BLOCK_RE.match(k)] if m}
+    return max(idx) + 1 if idx else 0
+
+
 def describe_state_dict(sd: dict) -> str:
     """'width 192, 24 blocks, 400 classes' from a model state dict (the parts that exist)."""
     parts = []
-    for k in ("patch_embed.proj.weight", "cls_token", "pos_embed"):
-        if k in sd and hasattr(sd[k], "shape"):
-            parts.append(f"width {sd[k].shape[0] if k.endswith('weight') else sd[k].shape[-1]}")
-            break
-    idx = {int(m.group(1)) for k in sd for m in [re.match(r"^(?:layers|blocks)\.(\d+)\.", k)] if m}
-    if idx:
-        parts.append(f"{max(idx) + 1} blocks")
+    width, depth = state_dict_width(sd), state_dict_depth(sd)
+    if width is not None:
+        parts.append(f"width {width}")
+    if depth:
+        parts.append(f"{depth} blocks")
     if "head.weight" in sd and hasattr(sd["head.weight"], "shape"):
         parts.append(f"{sd['head.weight'].shape[0]} classes")
     return ", ".join(parts) or f"{len(sd)} tensors"
