@@ -86,12 +86,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def format_table(rows: List[dict]) -> str:
-    """A Markdown table (readable as plain text too)."""
-    cells = [[_fmt(r[c]) for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(COLUMNS)]
+def format_table(rows: List[dict], columns: Optional[List[str]] = None) -> str:
+    """A Markdown table of ``columns`` (default: this table's) (readable as plain text too)."""
+    columns = list(COLUMNS if columns is None else columns)
+    cells = [[_fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]
     line = lambda xs: "| " + " | ".join(x.ljust(w) for x, w in zip(xs, widths)) + " |"  # noqa: E731
-    return "\n".join([line(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(x) for x in cells])
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(x) for x in cells])
 
 
 def main(argv=None) -> List[dict]:

@@ -23,7 +23,8 @@ for p in (ROOT, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from ablation_table import _fmt, collect  # noqa: E402  (this folder)
+from ablation_table import collect  # noqa: E402  (this folder)
+from ablation_table import format_table as _format_table  # noqa: E402
 from count_flops import count_model  # noqa: E402
 
 COLUMNS = ("model", "params_M", "GFLOPs", "epochs", "best_val_top1", "test_top1", "time_min")
@@ -58,12 +59,8 @@ def rows_for(run_dirs: List[str], chance=None) -> List[dict]:
 
 
 def format_table(rows: List[dict]) -> str:
-    """A Markdown table (readable as plain text too)."""
-    cols = list(rows[0]) if rows else list(COLUMNS)
-    cells = [[_fmt(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(cols)]
-    line = lambda xs: "| " + " | ".join(x.ljust(w) for x, w in zip(xs, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(x) for x in cells])
+    """A Markdown table (readable as plain text too): the ablation table's layout with this table's columns."""
+    return _format_table(rows, list(rows[0]) if rows else list(COLUMNS))
 
 
 def main(argv=None) -> List[dict]:

@@ -22,8 +22,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _p in (os.path.join(ROOT, "scripts"), ROOT):  # ROOT ends first: our packages win
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 import torch  # noqa: E402
 
@@ -267,12 +268,10 @@ class Check:
                     "stopped, checkpoint-nonfinite.pth" if ok else f"rc {rc}", t0)
 
     def table(self) -> str:
+        from ablation_table import format_table  # this folder: one Markdown table layout for the scripts
+
         head = ("scenario", "expected", "survived", "observed", "s")
-        rows = [head] + [(a, b, c, d, f"{e:.0f}") for a, b, c, d, e in self.rows]
-        w = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
-        lines = ["| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |" for r in rows]
-        lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
-        return "\n".join(lines)
+        return format_table([dict(zip(head, (*r[:4], round(r[4])))) for r in self.rows], head)
 
 
 SCENARIOS = ("kill9_resume", "killed_rank", "stalled_rank", "corrupt_checkpoints", "pickled_checkpoints",
