@@ -21,7 +21,13 @@ import os
 import torch
 import torch.nn.functional as F
 
-from utils.checkpoint_io import CheckpointError, safe_load, state_dict_depth, state_dict_width
+from utils.checkpoint_io import (
+    DEEPSPEED_MODEL_FILE,
+    CheckpointError,
+    safe_load,
+    state_dict_depth,
+    state_dict_width,
+)
 
 __all__ = [
     "load_checkpoint_file", "load_pretrained", "unwrap_state_dict", "strip_prefixes", "inflate_patch_kernel",
@@ -29,7 +35,6 @@ __all__ = [
 ]
 
 PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
-DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
 def _resolve_path(path: str) -> str:
