@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import torch
+
+from . import triton_aot
 
 try:  # triton is optional: the error below says what to install
     import triton
@@ -348,7 +351,7 @@ if triton is not None:
 
 def _check_runs_here(u: torch.Tensor):
     _require_triton()
-    if u.device.type != "cuda" and not _RECORDING:
+    if u.device.type != "cuda" and not triton_aot.is_recording():
         from triton.runtime.interpreter import InterpretedFunction
 
         if not isinstance(_scan_fwd_kernel, InterpretedFunction):
@@ -590,35 +593,6 @@ AOT_VARIANTS = {
 AOT_LAYOUTS = ("model", "contiguous")
 
 
-class _LaunchRecorder:
-    """Stands in for a kernel: records ``kernel[grid](*args, **kwargs)`` instead of running it."""
-
-    def __init__(self, kernel, calls):
-        self.kernel, self.calls = kernel, calls
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((self.kernel, grid, args, kwargs))
-
-
-_RECORDING = False
-
-
-@contextlib.contextmanager
-def _recording_launches():
-    """Replace the kernels by recorders: the host code runs as on a GPU (on CPU tensors), nothing executes."""
-    global _scan_fwd_kernel, _scan_bwd_kernel, _RECORDING
-    _require_triton()
-    calls = []
-    saved = (_scan_fwd_kernel, _scan_bwd_kernel)
-    _scan_fwd_kernel, _scan_bwd_kernel = (_LaunchRecorder(k, calls) for k in saved)
-    _RECORDING = True
-    try:
-        yield calls
-    finally:
-        _scan_fwd_kernel, _scan_bwd_kernel = saved
-        _RECORDING = False
-
-
 def _aot_inputs(b, E, N, l, dtype, layout, gate, dt_rank):
     """CPU stand-ins for one layer's scan inputs, with the strides and offsets a real call has."""
     def leaf(x):
@@ -659,7 +633,7 @@ def record_launches(variant, *, tile=None, dtype=torch.bfloat16, layout="model",
     v = AOT_VARIANTS[variant] if isinstance(variant, str) else variant
     u, delta, A, B, C, D, z, bias = _aot_inputs(b, E, N, l, dtype, layout, v["gate"], dt_rank)
     with contextlib.ExitStack() as stack:
-        calls = stack.enter_context(_recording_launches())
+        calls = stack.enter_context(triton_aot.recording(sys.modules[__name__]))
         if tile is not None:
             stack.enter_context(triton_scan_config(**tile))
         if bidirectional:
@@ -673,119 +647,44 @@ def record_launches(variant, *, tile=None, dtype=torch.bfloat16, layout="model",
     return calls
 
 
-def compile_launch(kernel, args, kwargs, arch: int):
-    """``triton.compile`` of one recorded launch for ``sm_<arch>``, specialized as the JIT would at launch
-    (argument types, divisibility, constexprs, num_warps). Needs no GPU and no driver."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.compiler.compiler import make_backend
-    from triton.runtime.jit import JITFunction, create_function_from_signature
-
-    if not isinstance(kernel, JITFunction):
-        raise RuntimeError(f"{kernel!r} is not a compiled-mode kernel: ahead-of-time compilation needs "
-                           "TRITON_INTERPRET unset when mamba.ops.scan_triton is imported")
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
-    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
-
-
-def ptxas_usage(ptx: str) -> dict:
-    """``ptxas -v`` of a PTX text (the ptxas shipped with triton, triton's own options) for the arch named on
-    its ``.target`` line (sm_90a for sm_90). Returns registers, spill_stores / spill_loads / stack bytes."""
-    import re
-    import subprocess
-    import tempfile
-
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    m = re.search(r"^\s*\.target\s+(sm_(\d+)\w*)", ptx, re.M)
-    if m is None:
-        raise ValueError("no .target line in the PTX")
-    gpu, cap = m.group(1), int(m.group(2))
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        cmd = [get_ptxas(cap).path, "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src,
-               "-o", src + ".o"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"ptxas failed ({' '.join(cmd)}):\n{r.stderr}")
-    log = r.stderr
-
-    def num(pattern):
-        found = re.findall(pattern, log)
-        if not found:
-            raise RuntimeError(f"no {pattern!r} in the ptxas log:\n{log}")
-        return max(int(x) for x in found)
-
-    return dict(gpu=gpu, registers=num(r"Used (\d+) registers"), spill_stores=num(r"(\d+) bytes spill stores"),
-                spill_loads=num(r"(\d+) bytes spill loads"), stack=num(r"(\d+) bytes stack frame"))
-
-
-def _kernel_name(kernel) -> str:
-    return getattr(kernel, "fn", kernel).__name__
-
-
 _ROLE_KEYS = ("REVERSE", "RESIDUAL", "MASKED", "DROP_D", "HAS_Z", "ACC_IN", "WRITE_ACC", "SAVE_LAST", "DZ_ACC")
-
-
-def launch_key(kernel, args, kwargs) -> tuple:
-    """What a launch specializes on, for de-duplication: kernel, constexprs and num_warps, argument dtypes,
-    which integers are 1 or divisible by 16 and which pointers are 16-byte aligned."""
-    def spec(a):
-        if isinstance(a, torch.Tensor):
-            return (str(a.dtype), a.data_ptr() % 16 == 0)
-        if isinstance(a, bool) or not isinstance(a, int):
-            return type(a).__name__
-        return ("int", a == 1, a % 16 == 0)
-
-    return (_kernel_name(kernel), tuple(sorted((k, str(v)) for k, v in kwargs.items())), tuple(spec(a) for a in args))
 
 
 def describe_launch(kernel, kwargs) -> str:
     """Short name of a launch: kernel and its set flags, e.g. ``bwd REVERSE+MASKED+HAS_Z+DZ_ACC bf16``."""
     flags = "+".join(k for k in _ROLE_KEYS if kwargs.get(k) is True) or "-"
-    return f"{_kernel_name(kernel).replace('_scan_', '').replace('_kernel', '')} {flags}"
+    return f"{triton_aot.kernel_name(kernel).replace('_scan_', '').replace('_kernel', '')} {flags}"
 
 
-def aot_report(jobs, *, log=None) -> list:
-    """Compile every distinct launch of ``jobs`` ahead of time and measure it with ``ptxas -v``.
+AOT_KERNELS = ("_scan_fwd_kernel", "_scan_bwd_kernel")
 
-    ``jobs``: dicts with ``arch`` (80, 90, ...), ``variant`` (AOT_VARIANTS key), and optionally ``tile``,
-    ``dtype`` ("bf16" / "fp32" / "fp16"), ``layout`` (AOT_LAYOUTS) and ``bidirectional`` (default True).
-    Launches that specialize identically (launch_key) are compiled once per arch. Returns one dict per
-    compiled launch: arch, gpu, name, kernel (describe_launch), dtype, layout, tile, variant, registers,
-    spill_stores, spill_loads, stack, seconds. ``log``: called with each row as it is done.
-    """
-    import time
 
+def aot_jobs(matrix: str) -> list:
+    """AOT jobs (see ``mamba.ops.triton_aot``): ``default`` the default tile on the VideoMambaPro and VideoMamba
+    layers (bf16, the mixer's layout) and fp32 contiguous inputs; ``table`` every other TILE_TABLE tile on the
+    VideoMambaPro layer; ``full`` every flag combination x fp32/bf16 x layouts x entries x table tiles."""
+    other_tiles = [t for *_, t in TILE_TABLE if t != DEFAULT_TILE]
+    if matrix == "default":
+        return ([dict(variant=v) for v in ("videomambapro", "videomamba")]
+                + [dict(variant="videomambapro", dtype="fp32", layout="contiguous")])
+    if matrix == "table":
+        return [dict(variant="videomambapro", tile=t) for t in other_tiles]
+    if matrix == "full":
+        return [dict(variant=v, tile=t, dtype=dt, layout=lay, bidirectional=bi)
+                for *_, t in TILE_TABLE for v in AOT_VARIANTS for dt in ("bf16", "fp32")
+                for lay in AOT_LAYOUTS for bi in (True, False)]
+    raise ValueError(f"matrix must be default, table or full, got {matrix!r}")
+
+
+def aot_record(job: dict) -> list:
+    """The launches of one AOT job (see ``aot_jobs``)."""
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    rows, seen = [], set()
-    for job in jobs:
-        tile = {**DEFAULT_TILE, **(job.get("tile") or {})}
-        dt = job.get("dtype", "bf16")
-        layout = job.get("layout", "model")
-        calls = record_launches(job["variant"], tile=tile, dtype=dtypes[dt], layout=layout,
-                                bidirectional=job.get("bidirectional", True))
-        for kernel, _grid, args, kwargs in calls:
-            key = (job["arch"], launch_key(kernel, args, kwargs))
-            if key in seen:
-                continue
-            seen.add(key)
-            t0 = time.perf_counter()
-            compiled = compile_launch(kernel, args, kwargs, job["arch"])
-            usage = ptxas_usage(compiled.asm["ptx"])
-            row = dict(arch=job["arch"], name=_kernel_name(kernel), kernel=describe_launch(kernel, kwargs),
-                       dtype=dt, layout=layout,
-                       tile=tile, variant=job["variant"], **usage, seconds=round(time.perf_counter() - t0, 2))
-            rows.append(row)
-            if log is not None:
-                log(row)
-    return rows
+    tile = {**DEFAULT_TILE, **(job.get("tile") or {})}
+    return record_launches(job["variant"], tile=tile, dtype=dtypes[job.get("dtype", "bf16")],
+                           layout=job.get("layout", "model"), bidirectional=job.get("bidirectional", True))
+
+
+aot_describe = describe_launch
 
 
 for _k in _TILE_KEYS:  # VMP_TRITON_BLOCK_D / _CHUNK / _NUM_WARPS: force a tile (benchmarks, tuning)

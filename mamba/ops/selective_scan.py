@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .backend import resolve_backend
 
-__all__ = ["selective_scan_fn", "selective_scan_ref", "bi_selective_scan_fn", "bi_selective_scan_ref"]
+__all__ = ["selective_scan_fn", "selective_scan_ref", "bi_selective_scan_fn", "bi_selective_scan_ref",
+           "bi_scan_fwd_ref", "bi_scan_bwd_ref"]
 
 
 def _expand_groups(X: torch.Tensor, d: int) -> torch.Tensor:
@@ -172,3 +173,100 @@ def bi_selective_scan_fn(
         return bi_selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, **kw)
     scan = selective_scan_ref if backend == "reference" else selective_scan_fn
     return bi_selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scan=scan, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The kernel-level API of the fused mixer (no autograd): both directions of one layer in one call, the
+# low-rank delta projection and A = -exp(A_log) folded in, and the backward as an explicit function that
+# returns every input gradient. ``bi_scan_fwd_ref`` / ``bi_scan_bwd_ref`` are its executable specification
+# (the reference loop plus autograd; tests only); ``mamba.ops.scan_triton.bi_scan_fwd`` / ``bi_scan_bwd``
+# implement the same contract with Triton kernels.
+
+
+def _scan_api_inputs(u, dt, A, B, C, D, dt_bias, W_dt, a_log):
+    """Per-direction (u, delta_raw, A) in the reference's terms: delta_raw = W_dt @ dt when W_dt is given."""
+    ndir = len(u)
+    if ndir not in (1, 2):
+        raise ValueError(f"one or two directions, got {ndir}")
+    for name, X in (("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("dt_bias", dt_bias)):
+        if len(X) != ndir:
+            raise ValueError(f"{name} must have one entry per direction ({ndir}), got {len(X)}")
+    if W_dt is not None and len(W_dt) != ndir:
+        raise ValueError(f"W_dt must have one entry per direction ({ndir}), got {len(W_dt)}")
+    deltas, As = [], []
+    for i in range(ndir):
+        if W_dt is None:
+            deltas.append(dt[i])
+        else:  # (E, R) @ (b, R, l) -> (b, E, l)
+            deltas.append(torch.einsum("er,brl->bel", W_dt[i].to(dt[i].dtype), dt[i]))
+        As.append(-torch.exp(A[i]) if a_log else A[i])
+    return deltas, As
+
+
+def bi_scan_fwd_ref(
+    u, dt, A, B, C, D, dt_bias, z=None, *, W_dt=None, a_log=False, softplus=True,
+    residual=(True, True), masked=(False, True), drop_D=False, scale=1.0,
+):
+    """The fused mixer's scan, forward: ``scale * sum_i y_i [* SiLU(z)]`` over the directions i.
+
+    Every per-direction argument is a sequence with one entry per direction (one or two); direction 0 scans
+    from the first token to the last, direction 1 from the last to the first; all tensors are in natural token
+    order, any strides.
+
+    * ``u: (b, E, l)``; ``dt``: the raw delta ``(b, E, l)`` (before ``dt_bias`` and softplus), or with
+      ``W_dt[i]: (E, R)`` the low-rank ``(b, R, l)`` input of the delta projection, ``delta_raw = W_dt @ dt``;
+    * ``A: (E, N)`` float32, or ``A_log`` when ``a_log`` (``A = -exp(A_log)``);
+    * ``B, C: (b, N, l)``; ``D, dt_bias: (E,)`` float32 or None; ``z: (b, E, l)`` or None (shared);
+    * ``residual``, ``masked``: per-direction flags (METHOD.md section 2); ``drop_D``: the mask also drops D u.
+
+    Returns ``out (b, E, l)`` in u's dtype.
+    """
+    deltas, As = _scan_api_inputs(u, dt, A, B, C, D, dt_bias, W_dt, a_log)
+    ct = torch.float64 if u[0].dtype == torch.float64 else torch.float32
+    y = None
+    for i in range(len(u)):
+        flip = (lambda X: X.flip(-1)) if i == 1 else (lambda X: X)
+        yi = selective_scan_ref(flip(u[i]), flip(deltas[i]), As[i], flip(B[i]), flip(C[i]), D[i], None, dt_bias[i],
+                                softplus, residual=residual[i], masked=masked[i], mask_drops_D=drop_D)
+        yi = flip(yi).to(ct)
+        y = yi if y is None else y + yi
+    y = y * scale
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(u[0].dtype)
+
+
+def bi_scan_bwd_ref(
+    u, dt, A, B, C, D, dt_bias, z, dout, *, W_dt=None, a_log=False, softplus=True,
+    residual=(True, True), masked=(False, True), drop_D=False, scale=1.0, want_out_z=False,
+):
+    """The fused mixer's scan, backward: the gradient of ``bi_scan_fwd_ref(...)`` (same arguments) for the
+    output gradient ``dout (b, E, l)``.
+
+    Returns a dict: ``du, ddt, dA, dB, dC, dD, ddt_bias, dW_dt`` (tuples with one entry per direction, float32
+    or float64 for float64 inputs, None where the input is None; ``dA`` is the gradient of ``A_log`` when ``a_log``), ``dz`` (or None) and, with
+    ``want_out_z``, ``out_z``: the forward output recomputed (``bi_scan_fwd_ref``'s result, for the gradient of
+    the projection that follows).
+    """
+    ndir = len(u)
+    ct = torch.float64 if u[0].dtype == torch.float64 else torch.float32
+    names = ("u", "dt", "A", "B", "C", "D", "dt_bias", "W_dt")
+    W = W_dt if W_dt is not None else (None,) * ndir
+    with torch.enable_grad():
+        leaves = {n: tuple(None if X is None else X.detach().to(ct).requires_grad_() for X in seq)
+                  for n, seq in zip(names, (u, dt, A, B, C, D, dt_bias, W))}
+        lz = None if z is None else z.detach().to(ct).requires_grad_()
+        out = bi_scan_fwd_ref(leaves["u"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
+                              leaves["dt_bias"], lz, W_dt=leaves["W_dt"] if W_dt is not None else None, a_log=a_log,
+                              softplus=softplus, residual=residual, masked=masked, drop_D=drop_D, scale=scale)
+        flat = [X for n in names for X in leaves[n] if X is not None] + ([lz] if lz is not None else [])
+        grads = iter(torch.autograd.grad(out, flat, dout.to(ct), allow_unused=True, materialize_grads=True))
+    res = {}
+    for n in names:
+        res["d" + n] = tuple(None if X is None else next(grads) for X in leaves[n])
+    res["dz"] = next(grads) if lz is not None else None
+    if W_dt is None:
+        res["dW_dt"] = None
+    if want_out_z:
+        res["out_z"] = out.detach().to(u[0].dtype)
+    return res

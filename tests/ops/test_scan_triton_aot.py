@@ -26,22 +26,18 @@ ARCHS = (80, 90)
 _CHILD = r"""
 import importlib, json, sys
 from triton.runtime.jit import JITFunction
+from mamba.ops import triton_aot
 import mamba.ops.scan_triton as st
 req = json.load(sys.stdin)
-defined = sorted(f"{m}.{name}" for m in req["modules"] for name, obj in vars(importlib.import_module(m)).items()
+mods = [importlib.import_module(m) for m in req["modules"]]
+defined = sorted(f"{m.__name__}.{name}" for m in mods for name, obj in vars(m).items()
                  if isinstance(obj, JITFunction) and name.endswith("_kernel"))
-archs = req["archs"]
+missing = [m.__name__ for m in mods if not all(hasattr(m, a) for a in ("AOT_KERNELS", "aot_jobs", "aot_record"))]
+rows = triton_aot.aot_report([m for m in mods if m.__name__ not in missing], req["matrix"], req["archs"],
+                             log=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
 other_tiles = [t for *_, t in st.TILE_TABLE if t != st.DEFAULT_TILE]
-jobs = {
-    "default": [dict(arch=a, variant=v) for a in archs for v in ("videomambapro", "videomamba")]
-               + [dict(arch=a, variant="videomambapro", dtype="fp32", layout="contiguous") for a in archs],
-    "table": [dict(arch=a, variant="videomambapro", tile=t) for a in archs for t in other_tiles],
-    "full": [dict(arch=a, variant=v, tile=t, dtype=dt, layout=lay, bidirectional=bi)
-             for a in archs for *_, t in st.TILE_TABLE for v in st.AOT_VARIANTS for dt in ("bf16", "fp32")
-             for lay in st.AOT_LAYOUTS for bi in (True, False)],
-}[req["matrix"]]
-rows = st.aot_report(jobs, log=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
-json.dump(dict(rows=rows, defined=defined, default_tile=st.DEFAULT_TILE, other_tiles=other_tiles), sys.stdout)
+json.dump(dict(rows=rows, defined=defined, missing=missing, default_tile=st.DEFAULT_TILE, other_tiles=other_tiles),
+          sys.stdout)
 """
 
 
@@ -73,21 +69,31 @@ def _compile(matrix, timeout):
     return json.loads(r.stdout)
 
 
-def _table(rows):
+def _tile(r, default_tile):
+    return {**default_tile, **(r["job"].get("tile") or {})}
+
+
+def _dtype(r):
+    return r["job"].get("dtype", "bf16")
+
+
+def _table(rows, default_tile):
     lines = [f"{'arch':6s} {'kernel':44s} {'dtype':5s} {'layout':10s} {'tile (bd,ch,w)':15s} {'regs':>4s} "
              f"{'spill st/ld':>11s}"]
     for r in rows:
-        t = r["tile"]
-        lines.append(f"{r['gpu']:6s} {r['kernel']:44s} {r['dtype']:5s} {r['layout']:10s} "
+        t = _tile(r, default_tile)
+        lines.append(f"{r['gpu']:6s} {r['kernel']:44s} {_dtype(r):5s} {r['job'].get('layout', 'model'):10s} "
                      f"{t['block_d']:>3d},{t['chunk']:>3d},{t['num_warps']:>2d}       {r['registers']:4d} "
                      f"{r['spill_stores']:>5d}/{r['spill_loads']:<5d}")
     return "\n".join(lines)
 
 
-def _check_no_spills(rows):
-    print("\n" + _table(rows))  # registers used, shown with -s / on failure
+def _check_no_spills(rep):
+    rows, default_tile = rep["rows"], rep["default_tile"]
+    assert not rep["missing"], f"kernel modules without the AOT protocol (mamba.ops.triton_aot): {rep['missing']}"
+    print("\n" + _table(rows, default_tile))  # registers used, shown with -s / on failure
     spilled = [r for r in rows if r["spill_stores"] > 0 or r["spill_loads"] > 0]
-    assert not spilled, "register spills:\n" + _table(spilled)
+    assert not spilled, "register spills:\n" + _table(spilled, default_tile)
     assert all(0 < r["registers"] <= 255 for r in rows)
 
 
@@ -100,8 +106,8 @@ def test_default_tile_compiles_without_spills(default_report):
     """VideoMambaPro / VideoMamba layers, forward and backward kernels of both directions, sm_80 and sm_90."""
     rows = default_report["rows"]
     assert {r["gpu"] for r in rows} == {"sm_80", "sm_90a"}  # sm_90 PTX targets sm_90a
-    assert all(r["tile"] == default_report["default_tile"] for r in rows)
-    _check_no_spills(rows)
+    assert all(_tile(r, default_report["default_tile"]) == default_report["default_tile"] for r in rows)
+    _check_no_spills(default_report)
 
 
 def test_every_kernel_and_direction_role_is_compiled(default_report):
@@ -111,7 +117,7 @@ def test_every_kernel_and_direction_role_is_compiled(default_report):
     assert {"_scan_fwd_kernel", "_scan_bwd_kernel"} <= defined
     for gpu in ("sm_80", "sm_90a"):  # a kernel nobody launches here needs its launches in the AOT jobs
         assert defined <= {r["name"] for r in rows if r["gpu"] == gpu}, defined
-    compiled = {(r["gpu"], r["kernel"], r["dtype"]) for r in rows}
+    compiled = {(r["gpu"], r["kernel"], _dtype(r)) for r in rows}
     for gpu in ("sm_80", "sm_90a"):
         for dtype in ("bf16", "fp32"):
             # forward direction into the accumulator; backward direction reversed, masked, gated, accumulating
@@ -129,12 +135,12 @@ def test_table_tiles_compile_without_spills():
     rows, tiles = rep["rows"], rep["other_tiles"]
     assert tiles, "the table has tiles besides the default"
     for t in tiles:  # the layer's 4 launches (2 directions x forward / backward) per arch
-        assert sum(r["tile"] == t for r in rows) == 4 * len(ARCHS), t
-    _check_no_spills(rows)
+        assert sum(_tile(r, rep["default_tile"]) == t for r in rows) == 4 * len(ARCHS), t
+    _check_no_spills(rep)
 
 
 @pytest.mark.slow
 def test_full_matrix_compiles_without_spills():
     """Every flag combination (mask x residual x mask_drops_D x gate) x fp32/bf16 x both layouts x the
     bidirectional and single-direction entries x every table tile x sm_80/sm_90."""
-    _check_no_spills(_compile("full", timeout=6 * 3600)["rows"])
+    _check_no_spills(_compile("full", timeout=6 * 3600))
