@@ -130,6 +130,17 @@ def _build_imagenet(is_train: bool, test_mode: bool, args, nb_classes: int):
     return ds
 
 
+def sampling_convention(args, test_mode: bool = True) -> str:
+    """The line ``build_dataset`` logs for the video dataset ``args`` selects (its list decides raw frames vs
+    videos), without reading the list further: which of VideoMamba's sampling functions, resize and crops."""
+    from .sampling import describe_convention
+
+    list_file, _ = _list_path(args, "test" if test_mode else "val")
+    rate = _get(args, "sampling_rate")
+    scheme = scheme_for(_get(args, "data_set"), use_rawframes(args, list_file), rate)
+    return describe_convention(scheme, _get(args, "resize_mode"), rate)
+
+
 def build_dataset(is_train: bool, test_mode: bool, args):
     """Returns (dataset, nb_classes). Mode: train if is_train, else test if test_mode, else validation.
 
