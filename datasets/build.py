@@ -31,8 +31,7 @@ DATA_ARG_DEFAULTS = dict(
     short_side_size=224, test_num_segment=5, test_num_crop=3, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25,
     remode="pixel", recount=1, num_sample=1, filename_tmpl="img_{:05}.jpg", start_idx=1, max_bad_samples=10,
     skip_bad_test=False, train_interpolation="bicubic", video_reader="decord", resize_mode="videomamba", mixup=0.8,
-    cutmix=1.0,
-    cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1, seed=0,
+    cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1, seed=0,
 )
 
 

@@ -29,7 +29,7 @@ from utils.errors import TooManyBadSamplesError, UnreadableEvalSampleError
 
 from .lists import Sample, read_list
 from .sampling import SCHEMES, describe_convention, sample_indices, scheme_for
-from .transforms import VideoTrainTransform, video_eval_transform
+from .transforms import RESIZE_MODES, VideoTrainTransform, video_eval_transform
 from .video_io import VideoReadError, read_rawframes, read_video_frames
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class _ClipDataset(Dataset):
             raise ValueError(f"unknown sampling scheme {self.scheme!r}; choose one of {SCHEMES}")
         if self.scheme == "kinetics_dense" and self.sampling_rate < 1:
             raise ValueError("the kinetics_dense scheme needs sampling_rate >= 1")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         self.resize_mode = resize_mode
         self.train_transform = (VideoTrainTransform(input_size, aa=aa, reprob=reprob, remode=remode, recount=recount,
                                                     flip=flip, interpolation=train_interpolation, resize=resize_mode)

@@ -214,3 +214,5 @@ def test_the_comparison_is_sensitive(data):
     assert "OpenCV INTER_LINEAR" in ours.convention and "antialias" in anti.convention
     for i in (0, 1):  # downscaled videos
         assert (ours[i][0] - anti[i][0]).abs().max().item() > 0.01
+    with pytest.raises(ValueError, match="resize_mode"):
+        _dataset(data, "k400", "validation", resize_mode="pil")
