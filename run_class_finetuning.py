@@ -284,6 +284,10 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--max_bad_samples", default=10, type=int)
     g.add_argument("--skip_bad_test", action="store_true")
     g.add_argument("--video_reader", default="decord", choices=("decord", "pyav"))
+    g.add_argument("--resize_mode", default="videomamba", choices=("videomamba", "antialias"),
+                   help="frame resize: videomamba = VideoMamba's (OpenCV INTER_LINEAR for val / test, bilinear "
+                        "interpolation without antialiasing for the train crop); antialias = antialiased bilinear, "
+                        "same sizes and crops (not VideoMamba's convention)")
     g.add_argument("--num_workers", default=10, type=int)
     g.add_argument("--pin_mem", action="store_true")
     g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")

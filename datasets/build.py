@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 from .imagenet import ImageNetDataset
+from .sampling import scheme_for
 from .video import RawFrameClsDataset, VideoClsDataset
 
 logger = logging.getLogger(__name__)
@@ -22,9 +23,6 @@ DATASET_CLASSES = {
     "Kinetics_sparse": 400, "Kinetics": 400, "mitv1_sparse": None, "LVU": None, "COIN": 180, "Breakfast": 10,
 }
 _FIXED = ("SSV2", "UCF101", "HMDB51", "IMNET", "COIN", "Breakfast")
-# Datasets whose test views take upstream's SSV2 offsets (view k of S at k / S into each segment: segment start and
-# middle for S = 2) instead of the Kinetics ones ((k + 1) / (S + 1)).
-SSV2_TEST_OFFSETS = ("SSV2",)
 
 # Every args attribute read here, with its default (the training engineer's argparse owns the flags).
 DATA_ARG_DEFAULTS = dict(
@@ -32,8 +30,8 @@ DATA_ARG_DEFAULTS = dict(
     nb_classes=None, use_rawframes=None, flip=None, num_frames=16, sampling_rate=0, tubelet_size=1, input_size=224,
     short_side_size=224, test_num_segment=5, test_num_crop=3, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25,
     remode="pixel", recount=1, num_sample=1, filename_tmpl="img_{:05}.jpg", start_idx=1, max_bad_samples=10,
-    skip_bad_test=False, train_interpolation="bicubic", video_reader="decord", mixup=0.8, cutmix=1.0,
-    cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1, seed=0,
+    skip_bad_test=False, train_interpolation="bicubic", video_reader="decord", resize_mode="videomamba", mixup=0.8,
+    cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1, seed=0,
 )
 
 
@@ -131,6 +129,17 @@ def _build_imagenet(is_train: bool, test_mode: bool, args, nb_classes: int):
     return ds
 
 
+def sampling_convention(args, test_mode: bool = True) -> str:
+    """The line ``build_dataset`` logs for the video dataset ``args`` selects (its list decides raw frames vs
+    videos), without reading the list further: which of VideoMamba's sampling functions, resize and crops."""
+    from .sampling import describe_convention
+
+    list_file, _ = _list_path(args, "test" if test_mode else "val")
+    rate = _get(args, "sampling_rate")
+    scheme = scheme_for(_get(args, "data_set"), use_rawframes(args, list_file), rate)
+    return describe_convention(scheme, _get(args, "resize_mode"), rate)
+
+
 def build_dataset(is_train: bool, test_mode: bool, args):
     """Returns (dataset, nb_classes). Mode: train if is_train, else test if test_mode, else validation.
 
@@ -144,6 +153,7 @@ def build_dataset(is_train: bool, test_mode: bool, args):
         source = ds.source
     else:
         list_file, flag = _list_path(args, {"train": "train", "validation": "val", "test": "test"}[mode])
+        rawframes = use_rawframes(args, list_file)
         common = dict(
             data_root=_get(args, "data_root"), split=_get(args, "split"), nb_classes=nb_classes,
             num_frames=_get(args, "num_frames"), sampling_rate=_get(args, "sampling_rate"),
@@ -152,11 +162,11 @@ def build_dataset(is_train: bool, test_mode: bool, args):
             aa=_get(args, "aa"), reprob=_get(args, "reprob"), remode=_get(args, "remode"),
             recount=_get(args, "recount"), num_sample=_get(args, "num_sample") if is_train else 1,
             flip=(data_set != "SSV2") if _get(args, "flip") is None else bool(_get(args, "flip")),
-            test_offsets="ssv2" if data_set in SSV2_TEST_OFFSETS else "kinetics",
+            scheme=scheme_for(data_set, rawframes, _get(args, "sampling_rate")), resize_mode=_get(args, "resize_mode"),
             train_interpolation=_get(args, "train_interpolation"),
             max_bad_samples=_get(args, "max_bad_samples"), skip_bad_test=_get(args, "skip_bad_test"),
             list_flag=flag)
-        if use_rawframes(args, list_file):
+        if rawframes:
             ds = RawFrameClsDataset(list_file, mode, filename_tmpl=_get(args, "filename_tmpl"),
                                     start_idx=_get(args, "start_idx"), **common)
         else:
@@ -170,4 +180,6 @@ def build_dataset(is_train: bool, test_mode: bool, args):
     msg = (f"[{data_set} {mode}] {len(ds.samples)} samples, {n_labels} distinct labels of {nb_classes} classes "
            f"from {source}" + (f" ({len(ds)} views)" if mode == "test" else ""))
     print(msg)
+    if data_set != "IMNET":
+        print(f"[{data_set} {mode}] sampling: {ds.convention}")
     return ds, nb_classes

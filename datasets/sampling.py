@@ -1,78 +1,172 @@
-"""Frame-index sampling. All functions return a list of ``num_frames`` ints in ``[0, total_frames)``.
+"""Frame-index sampling: VideoMamba's formulas, one scheme per upstream dataset class.
 
-Sparse (TSN, the default): the video is cut into ``num_frames`` equal segments; train takes a random frame
-per segment, val the segment middle, test view k of S the offset (k+1)/(S+1) into each segment
-(``test_offsets='kinetics'``), or k/S (``'ssv2'``: VideoMamba's SSV2 test views, segment start and middle for S=2).
-Dense (``sampling_rate > 0``): a clip of ``num_frames * sampling_rate`` frames with stride
-``sampling_rate``; train starts at random, val in the centre, test at S evenly spaced starts; a clip
-running past the end repeats the last frame. Videos shorter than ``num_frames`` repeat indices.
+Every function returns ``num_frames`` ints in ``[0, total_frames)``. ``mode`` is 'train' | 'val' | 'test'; test view
+``view`` of ``num_views`` (= --test_num_segment). Random draws come from ``rng`` (a ``random.Random``; the global
+``random`` when None), one draw where upstream makes one, so that a run samples the distribution upstream trained on.
+
+Schemes (``SCHEMES``; :func:`scheme_for` picks one from the dataset name, the list kind and --sampling_rate):
+
+- ``kinetics_sparse`` -- VideoMamba's ``VideoClsDataset_sparse._get_seq_frames`` (datasets/kinetics_sparse.py; also
+  its LVU / COIN / Breakfast class on a whole video): ``T`` segments of ``seg = (N - 1) / T`` frames; segment ``i``
+  starts at ``round(seg * i)``. Train: a random frame in ``[round(seg * i), round(seg * (i + 1))]``; val:
+  ``start + int(seg / 2 * 1)``; test view ``k`` of ``S``: ``start + int(seg / (S + 1) * (k + 1))``; all capped at
+  ``N - 1``.
+- ``kinetics_dense`` -- ``VideoClsDataset.loadvideo_decord`` (datasets/kinetics.py), clips of ``L = T * rate`` frames.
+  Test view ``k``: ``range(int(k * step), ..., rate)`` with ``step = max((N - L) / (S - 1), 0)``, the last frame
+  repeated past the end (``S = 1``, where upstream divides by zero: the centred clip). Train / val (``N > L``): ``T``
+  points of ``linspace(end - L, end, T)`` truncated and capped at ``end - 1``, ``end`` random in ``[L, N)`` (train)
+  or ``(N - L) // 2`` (val: so the clip starts at ``(N - L) // 2 - L``; its negative indices count from the end of
+  the video, as decord reads them upstream); ``N <= L``: ``linspace(0, N, N // rate)`` then ``N``, capped at
+  ``N - 1``.
+- ``ssv2_video`` -- ``SSVideoClsDataset`` (datasets/ssv2.py), ``tick = N / T``. Val: ``int(tick / 2 + tick * i)``;
+  test view ``k`` of ``S``: ``int(k * tick / S + tick * i)`` (its ``[chunk_nb::2]`` of the sorted starts and middles
+  for ``S = 2``: segment starts, then middles); train: ``i * (N // T) + randint(N // T)``, all frame 0 when
+  ``N < T``.
+- ``ssv2_rawframes`` -- ``SSRawFrameClsDataset.load_frame``: integer segments ``avg = N // T``. Val:
+  ``i * avg + avg // 2``; train: ``i * avg + randint(avg)``; ``N < T``: ``[0] * (T - N) + range(N)``; test as
+  ``ssv2_video`` (its ``[chunk_nb::test_num_segment]`` of the sorted views).
 """
 from __future__ import annotations
 
 import random
 from typing import List, Optional
 
+import numpy as np
 
-def _check(total_frames: int, num_frames: int) -> None:
+SCHEMES = ("kinetics_sparse", "kinetics_dense", "ssv2_video", "ssv2_rawframes")
+
+# The upstream code each scheme reproduces (for logs, eval_zoo and the README table).
+UPSTREAM_FUNCTIONS = {
+    "kinetics_sparse": "VideoClsDataset_sparse._get_seq_frames (kinetics_sparse.py)",
+    "kinetics_dense": "VideoClsDataset.loadvideo_decord (kinetics.py)",
+    "ssv2_video": "SSVideoClsDataset.loadvideo_decord + __getitem__ (ssv2.py)",
+    "ssv2_rawframes": "SSRawFrameClsDataset.load_frame + __getitem__ (ssv2.py)",
+}
+
+
+def scheme_for(data_set: str, rawframes: bool, sampling_rate: int) -> str:
+    """The sampling scheme VideoMamba uses for ``data_set``: dense clips when ``sampling_rate > 0``, its SSV2 classes
+    for SSV2 (raw frames or videos), its sparse Kinetics class for everything else."""
+    if sampling_rate and sampling_rate > 0:
+        return "kinetics_dense"
+    if data_set == "SSV2":
+        return "ssv2_rawframes" if rawframes else "ssv2_video"
+    return "kinetics_sparse"
+
+
+def describe_convention(scheme: str, resize_mode: str = "videomamba", sampling_rate: int = 0) -> str:
+    """One line naming the convention: the upstream sampling function, the resize and the crops."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown sampling scheme {scheme!r}; choose one of {SCHEMES}")
+    rate = f", rate {sampling_rate}" if scheme == "kinetics_dense" else ""
+    resize = ("OpenCV INTER_LINEAR" if resize_mode == "videomamba"
+              else "antialiased bilinear (--resize_mode antialias, not VideoMamba's)")
+    return (f"VideoMamba {scheme}{rate}: frames as {UPSTREAM_FUNCTIONS[scheme]}; short side resized with {resize} "
+            f"to int(S * long / short); val centre crop int(round(slack / 2)), test crops int(k * step)")
+
+
+def _check(total_frames: int, num_frames: int, mode: str, view: int, num_views: int) -> None:
     if total_frames < 1:
         raise ValueError(f"video has no frames (total_frames={total_frames})")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if mode not in ("train", "val", "test"):
+        raise ValueError(f"unknown sampling mode {mode!r}")
+    if mode == "test" and not 0 <= view < num_views:
+        raise ValueError(f"test view {view} not in [0, {num_views})")
 
 
-def _clamp(idx: List[int], total_frames: int) -> List[int]:
-    return [min(max(int(i), 0), total_frames - 1) for i in idx]
-
-
-def sparse_indices(total_frames: int, num_frames: int, mode: str, view: int = 0, num_views: int = 1,
-                   rng: Optional[random.Random] = None, test_offsets: str = "kinetics") -> List[int]:
-    """TSN segment sampling. ``mode``: 'train' | 'val' | 'test' (``view`` of ``num_views``)."""
-    _check(total_frames, num_frames)
-    seg = total_frames / num_frames
+def kinetics_sparse_indices(total_frames: int, num_frames: int, mode: str, view: int = 0, num_views: int = 1,
+                            rng: Optional[random.Random] = None) -> List[int]:
+    """``VideoClsDataset_sparse`` sampling; see the module docstring."""
+    _check(total_frames, num_frames, mode, view, num_views)
+    seg = max(0.0, float(total_frames - 1) / num_frames)
+    last = total_frames - 1
     if mode == "train":
         r = rng or random
-        idx = [int(i * seg + r.random() * seg) for i in range(num_frames)]
-    elif mode == "val":
-        idx = [int(i * seg + seg / 2) for i in range(num_frames)]
-    elif mode == "test":
-        if not 0 <= view < num_views:
-            raise ValueError(f"test view {view} not in [0, {num_views})")
-        if test_offsets == "kinetics":
-            off = (view + 1) / (num_views + 1)
-        elif test_offsets == "ssv2":
-            off = view / num_views
-        else:
-            raise ValueError(f"test_offsets must be 'kinetics' or 'ssv2', got {test_offsets!r}")
-        idx = [int(i * seg + off * seg) for i in range(num_frames)]
-    else:
-        raise ValueError(f"unknown sampling mode {mode!r}")
-    return _clamp(idx, total_frames)
+        return [min(r.randint(int(round(seg * i)), int(round(seg * (i + 1)))), last) for i in range(num_frames)]
+    if mode == "val":
+        view, num_views = 0, 1
+    step = seg / (num_views + 1)
+    return [min(int(round(seg * i)) + int(step * (view + 1)), last) for i in range(num_frames)]
 
 
-def dense_indices(total_frames: int, num_frames: int, sampling_rate: int, mode: str, view: int = 0,
-                  num_views: int = 1, rng: Optional[random.Random] = None) -> List[int]:
-    """Dense clip sampling with stride ``sampling_rate``; see the module docstring."""
-    _check(total_frames, num_frames)
+def kinetics_dense_indices(total_frames: int, num_frames: int, sampling_rate: int, mode: str, view: int = 0,
+                           num_views: int = 1, rng: Optional[random.Random] = None) -> List[int]:
+    """``VideoClsDataset`` (dense clip) sampling; see the module docstring."""
+    _check(total_frames, num_frames, mode, view, num_views)
     if sampling_rate < 1:
         raise ValueError(f"sampling_rate must be >= 1 for dense sampling, got {sampling_rate}")
-    clip_len = num_frames * sampling_rate  # frames covered by the clip, as in VideoMAE
-    max_start = max(total_frames - clip_len, 0)
-    if mode == "train":
-        start = (rng or random).randint(0, max_start)
-    elif mode == "val":
-        start = max_start // 2
-    elif mode == "test":
-        if not 0 <= view < num_views:
-            raise ValueError(f"test view {view} not in [0, {num_views})")
-        start = max_start // 2 if num_views == 1 else int(round(view * max_start / (num_views - 1)))
-    else:
-        raise ValueError(f"unknown sampling mode {mode!r}")
-    return _clamp([start + i * sampling_rate for i in range(num_frames)], total_frames)
+    n, clip_len = total_frames, int(num_frames * sampling_rate)
+    if mode == "test":
+        if num_views == 1:
+            start = max(n - clip_len, 0) // 2
+        else:
+            start = int(view * max(1.0 * (n - clip_len) / (num_views - 1), 0))
+        idx = list(range(start, min(start + clip_len, n), sampling_rate))
+        return idx + [idx[-1]] * (num_frames - len(idx))
+    if n <= clip_len:
+        k = n // sampling_rate
+        pts = np.concatenate((np.linspace(0, n, num=k), np.ones(num_frames - k) * n))
+        return [int(i) for i in np.clip(pts, 0, n - 1).astype(np.int64)]
+    end = (rng or random).randrange(clip_len, n) if mode == "train" else (n - clip_len) // 2
+    start = end - clip_len
+    pts = np.clip(np.linspace(start, end, num=num_frames), start, end - 1).astype(np.int64)
+    return [int(i) + n if i < 0 else int(i) for i in pts]  # negative: from the end of the video, as decord reads it
+
+
+def _ssv2_test(total_frames: int, num_frames: int, view: int, num_views: int) -> List[int]:
+    tick = total_frames / float(num_frames)
+    return [int(view * tick / num_views + tick * i) for i in range(num_frames)]
+
+
+def ssv2_video_indices(total_frames: int, num_frames: int, mode: str, view: int = 0, num_views: int = 1,
+                       rng: Optional[random.Random] = None) -> List[int]:
+    """``SSVideoClsDataset`` sampling; see the module docstring."""
+    _check(total_frames, num_frames, mode, view, num_views)
+    if mode == "test":
+        return _ssv2_test(total_frames, num_frames, view, num_views)
+    if mode == "val":
+        tick = total_frames / float(num_frames)
+        return [int(tick / 2.0 + tick * i) for i in range(num_frames)]
+    avg = total_frames // num_frames
+    if avg == 0:
+        return [0] * num_frames
+    r = rng or random
+    return [i * avg + r.randrange(avg) for i in range(num_frames)]
+
+
+def ssv2_rawframe_indices(total_frames: int, num_frames: int, mode: str, view: int = 0, num_views: int = 1,
+                          rng: Optional[random.Random] = None) -> List[int]:
+    """``SSRawFrameClsDataset`` sampling; see the module docstring."""
+    _check(total_frames, num_frames, mode, view, num_views)
+    if mode == "test":
+        return _ssv2_test(total_frames, num_frames, view, num_views)
+    avg = total_frames // num_frames
+    if avg == 0:
+        return [0] * (num_frames - total_frames) + list(range(total_frames))
+    if mode == "val":
+        return [i * avg + avg // 2 for i in range(num_frames)]
+    r = rng or random
+    return [i * avg + r.randrange(avg) for i in range(num_frames)]
+
+
+# The names of the first versions (Kinetics conventions), kept for callers.
+sparse_indices = kinetics_sparse_indices
+dense_indices = kinetics_dense_indices
 
 
 def sample_indices(total_frames: int, num_frames: int, sampling_rate: int, mode: str, view: int = 0,
-                   num_views: int = 1, rng: Optional[random.Random] = None, test_offsets: str = "kinetics") -> List[int]:
-    """Sparse when ``sampling_rate <= 0``, dense otherwise."""
-    if sampling_rate and sampling_rate > 0:
-        return dense_indices(total_frames, num_frames, sampling_rate, mode, view, num_views, rng)
-    return sparse_indices(total_frames, num_frames, mode, view, num_views, rng, test_offsets)
+                   num_views: int = 1, rng: Optional[random.Random] = None, scheme: Optional[str] = None) -> List[int]:
+    """Indices by ``scheme`` (default: ``kinetics_dense`` when ``sampling_rate > 0``, else ``kinetics_sparse``)."""
+    if scheme is None:
+        scheme = scheme_for("", False, sampling_rate)
+    if scheme == "kinetics_dense":
+        return kinetics_dense_indices(total_frames, num_frames, sampling_rate, mode, view, num_views, rng)
+    if scheme == "kinetics_sparse":
+        return kinetics_sparse_indices(total_frames, num_frames, mode, view, num_views, rng)
+    if scheme == "ssv2_video":
+        return ssv2_video_indices(total_frames, num_frames, mode, view, num_views, rng)
+    if scheme == "ssv2_rawframes":
+        return ssv2_rawframe_indices(total_frames, num_frames, mode, view, num_views, rng)
+    raise ValueError(f"unknown sampling scheme {scheme!r}; choose one of {SCHEMES}")

@@ -1,13 +1,23 @@
-"""Video transforms: every random parameter is drawn once per clip and applied to all frames.
+"""Video transforms: VideoMamba's clip pipeline; every random parameter is drawn once per clip.
 
-Input: uint8 RGB frames (T, H, W, 3) as a numpy array. Output: float32 (3, T, S, S), ImageNet-normalised.
+Input: uint8 RGB frames (T, H, W, 3) as a numpy array. Output: float32 (3, T, S, S), ImageNet-normalised
+(``x / 255`` then ``(x - mean) / std`` in float32, as upstream's ``ClipToTensor`` + ``Normalize``).
 
-Train: random resized crop (scale 0.08-1, ratio 3/4-4/3) -> horizontal flip p=0.5 (off for SSv2) ->
-RandAugment from an '--aa' string (timm ops; one op sequence and magnitude per clip) -> normalise ->
-random erasing (timm RandomErasing on the (3*T, S, S) view, so the box is shared by all frames).
-Val: short side to ``short_side_size``, centre crop ``input_size``.
-Test: short side to ``short_side_size``, then ``num_crop`` square ``input_size`` crops evenly spaced
-along the long side (centred on the short side); crop ``split_nb`` is returned.
+Train (upstream's ``_aug_frame``): RandAugment from an '--aa' string on the whole frames (timm ops, one op sequence
+and magnitude per clip, grey fill 128 and --train_interpolation as upstream's ``create_random_augment``) ->
+normalise -> random resized crop (scale 0.08-1, ratio 0.75-1.3333, upstream's ``_get_param_spatial_crop`` draws)
+resized by bilinear interpolation of the normalised float clip (``torch.nn.functional.interpolate``, no
+antialiasing) -> horizontal flip when ``np.random.uniform() < 0.5`` (off for SSV2) -> random erasing on the
+(T, C, S, S) view (timm's RandomErasing with ``num_splits = recount``: a box per frame, as upstream).
+Val (upstream's ``Resize`` + ``CenterCrop``): short side to ``short_side_size`` (long side
+``int(short_side_size * long / short)``, OpenCV ``INTER_LINEAR``), centre crop ``input_size`` at
+``int(round(slack / 2))`` on both sides.
+Test (upstream's test ``__getitem__``): the same resize, then crop ``k`` of ``num_crop`` squares of
+``short_side_size`` along the long side at ``int(k * slack / (num_crop - 1))`` (one crop: ``int(slack / 2)``), the
+short side whole; when ``input_size < short_side_size`` (a size upstream's models cannot take) a centre crop of
+``input_size`` follows.
+``resize='antialias'`` (``--resize_mode antialias``, not VideoMamba's convention) keeps every size, crop and draw but
+resizes with antialiasing: PIL bilinear for val / test, ``interpolate(antialias=True)`` for the train crop.
 """
 from __future__ import annotations
 
@@ -17,11 +27,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, rand_augment_transform
 from timm.data import auto_augment as _timm_aa
 from timm.data.random_erasing import RandomErasing
-from timm.data.transforms import str_to_pil_interp
 
 
 def _posterize(img, bits_to_keep, **__):
@@ -45,10 +55,23 @@ for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
         _timm_aa.NAME_TO_OP[_name] = _posterize
 
 
-def random_resized_crop_params(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+RESIZE_MODES = ("videomamba", "antialias")
+# VideoMamba's random resized crop ranges (its _aug_frame: scale [0.08, 1.0], aspect [0.75, 1.3333]).
+UPSTREAM_SCALE = (0.08, 1.0)
+UPSTREAM_RATIO = (0.75, 1.3333)
+
+
+def _check_resize(resize: str) -> str:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {resize!r}")
+    return resize
+
+
+def random_resized_crop_params(height: int, width: int, scale=UPSTREAM_SCALE, ratio=UPSTREAM_RATIO,
                                rng: Optional[random.Random] = None) -> Tuple[int, int, int, int]:
-    """(top, left, h, w) of a random crop of area fraction in ``scale`` and aspect in ``ratio``
-    (10 tries, then the largest centred crop within ``ratio``), as in Inception-style training."""
+    """(top, left, h, w) of a random crop of area fraction in ``scale`` and aspect in ``ratio`` (log-uniform):
+    10 tries, then the largest centred crop within ``ratio``. The draws (uniform area, uniform log-aspect, then
+    randint top, randint left) are those of upstream's ``_get_param_spatial_crop``."""
     r = rng or random
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -60,26 +83,32 @@ def random_resized_crop_params(height: int, width: int, scale=(0.08, 1.0), ratio
         if 0 < w <= width and 0 < h <= height:
             return r.randint(0, height - h), r.randint(0, width - w), h, w
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
 
 
 def to_pil_frames(frames: np.ndarray) -> List[Image.Image]:
+    frames = _check_frames(frames)
+    return [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+
+
+def _check_frames(frames) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
-    return [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    return frames
 
 
 def apply_consistently(fn, frames: Sequence[Image.Image]) -> List[Image.Image]:
     """Apply a random PIL transform with the same random draws to every frame: python's ``random`` and
     numpy's global state are rewound to the same point before each frame (timm's RandAugment draws its
-    op choice from numpy and its probabilities/magnitudes from ``random``)."""
+    op choice from numpy and its probabilities/magnitudes from ``random``), as upstream's video RandAugment
+    applies one draw to the whole clip."""
     py_state, np_state = random.getstate(), np.random.get_state()
     out = []
     for f in frames:
@@ -89,93 +118,139 @@ def apply_consistently(fn, frames: Sequence[Image.Image]) -> List[Image.Image]:
     return out
 
 
-def build_rand_augment(aa: Optional[str], input_size: int, interpolation: str = "bicubic",
-                       mean: Sequence[float] = IMAGENET_DEFAULT_MEAN):
-    """timm RandAugment from a 'rand-m7-n4-mstd0.5-inc1' string, or None when ``aa`` is empty/'none'."""
+def _pil_interp(name: str):
+    """Upstream's interpolation names (video_transforms._pil_interp): bicubic / lanczos / hamming, else bilinear."""
+    return {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "hamming": Image.HAMMING}.get(name, Image.BILINEAR)
+
+
+def build_rand_augment(aa: Optional[str], input_size: int, interpolation: str = "bicubic"):
+    """timm RandAugment from a 'rand-m7-n4-mstd0.5-inc1' string, or None when ``aa`` is empty/'none'. Hyper-parameters
+    as upstream's ``create_random_augment``: ``translate_const = int(0.45 * input_size)``, the interpolation unless
+    'random' (then bilinear or bicubic at random), timm's default grey fill (128, 128, 128)."""
     if not aa or str(aa).lower() == "none":
         return None
     if not str(aa).startswith("rand"):
         raise ValueError(f"--aa {aa!r}: only RandAugment strings 'rand-m?-n?-...' are supported for video")
-    hparams = dict(translate_const=int(input_size * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in mean),
-                   interpolation=str_to_pil_interp(interpolation))
+    hparams = dict(translate_const=int(input_size * 0.45))
+    if interpolation and interpolation != "random":
+        hparams["interpolation"] = _pil_interp(interpolation)
     return rand_augment_transform(aa, hparams)
 
 
-def frames_to_tensor(frames: Sequence[Image.Image], mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
-                     ) -> torch.Tensor:
-    """PIL frames -> normalised float32 (3, T, H, W)."""
-    arr = np.stack([np.asarray(f, dtype=np.uint8) for f in frames])  # T H W 3
-    x = torch.from_numpy(arr).permute(3, 0, 1, 2).float().div_(255.0)
+def normalize_clip(x: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """float32 (3, T, H, W) in [0, 1] -> ``(x - mean) / std`` per channel, in place."""
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-    return x.sub_(m).div_(s).contiguous()
+    return x.sub_(m).div_(s)
+
+
+def clip_to_tensor(frames: np.ndarray, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> normalised float32 (3, T, H, W): ``x / 255`` then ``(x - mean) / std``."""
+    arr = np.ascontiguousarray(_check_frames(frames))
+    x = torch.from_numpy(arr).permute(3, 0, 1, 2).float().div_(255.0)
+    return normalize_clip(x, mean, std).contiguous()
 
 
 class VideoTrainTransform:
-    """Train-time clip augmentation; call on uint8 (T, H, W, 3) frames -> float32 (3, T, S, S)."""
+    """Train-time clip augmentation (VideoMamba's ``_aug_frame``; see the module docstring); call on uint8
+    (T, H, W, 3) frames -> float32 (3, T, S, S). ``interpolation`` is RandAugment's (upstream's
+    --train_interpolation); the crop is always resized bilinearly (``resize`` says whether with antialiasing)."""
 
     def __init__(self, input_size: int = 224, aa: Optional[str] = "rand-m7-n4-mstd0.5-inc1", reprob: float = 0.25,
                  remode: str = "pixel", recount: int = 1, flip: bool = True, interpolation: str = "bicubic",
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+                 scale=UPSTREAM_SCALE, ratio=UPSTREAM_RATIO, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                 resize: str = "videomamba"):
         self.input_size = int(input_size)
         self.flip = flip
         self.scale, self.ratio = tuple(scale), tuple(ratio)
-        self.interp = str_to_pil_interp(interpolation)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.rand_augment = build_rand_augment(aa, self.input_size, interpolation, mean)
-        self.erase = (RandomErasing(reprob, mode=remode, max_count=recount, num_splits=0, device="cpu")
+        self.resize = _check_resize(resize)
+        self.rand_augment = build_rand_augment(aa, self.input_size, interpolation)
+        self.erase = (RandomErasing(reprob, mode=remode, max_count=recount, num_splits=recount, device="cpu")
                       if reprob and reprob > 0 else None)
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        imgs = to_pil_frames(frames)
-        w0, h0 = imgs[0].size
-        top, left, h, w = random_resized_crop_params(h0, w0, self.scale, self.ratio)
-        size = (self.input_size, self.input_size)
-        box = (left, top, left + w, top + h)
-        imgs = [im.resize(size, self.interp, box=box) for im in imgs]
-        if self.flip and random.random() < 0.5:
-            imgs = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in imgs]
+        frames = _check_frames(frames)
         if self.rand_augment is not None:
-            imgs = apply_consistently(self.rand_augment, imgs)
-        x = frames_to_tensor(imgs, self.mean, self.std)
+            frames = np.stack([np.asarray(im) for im in apply_consistently(self.rand_augment, to_pil_frames(frames))])
+        x = clip_to_tensor(frames, self.mean, self.std)  # 3 T H W
+        top, left, h, w = random_resized_crop_params(x.shape[2], x.shape[3], self.scale, self.ratio)
+        x = F.interpolate(x[:, :, top:top + h, left:left + w], size=(self.input_size, self.input_size),
+                          mode="bilinear", align_corners=False, antialias=self.resize == "antialias")
+        if self.flip and np.random.uniform() < 0.5:
+            x = x.flip(-1)
+        x = x.contiguous()
         if self.erase is not None:
-            c, t, hh, ww = x.shape
-            self.erase(x.view(c * t, hh, ww))  # in place; one box for every frame and channel
+            self.erase(x.permute(1, 0, 2, 3))  # (T, C, S, S) in place: timm erases each frame of the "batch"
         return x
 
 
-def short_side_resize(imgs: Sequence[Image.Image], short_side: int, interp=Image.BILINEAR) -> List[Image.Image]:
-    w, h = imgs[0].size
-    if min(w, h) == short_side:
-        return list(imgs)
-    if w <= h:
-        size = (short_side, max(1, int(round(h * short_side / w))))
-    else:
-        size = (max(1, int(round(w * short_side / h))), short_side)
-    return [im.resize(size, interp) for im in imgs]
+def resized_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
+    """(h, w) after resizing the short side to ``short_side``: the long side becomes ``int(short_side * long /
+    short)`` (upstream's ``get_resize_sizes``; a square goes to ``short_side`` x ``short_side``)."""
+    if width < height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
 
 
-def crop_box(width: int, height: int, size: int, index: int = 0, num_crops: int = 1) -> Tuple[int, int, int, int]:
-    """(left, top, right, bottom) of square crop ``index`` of ``num_crops`` spaced evenly along the long side,
-    centred on the short side; one crop is the centre crop."""
+def resize_short_side(frames: np.ndarray, short_side: int, resize: str = "videomamba") -> np.ndarray:
+    """uint8 (T, H, W, 3) with the short side resized to ``short_side`` (unchanged when it already is, as upstream's
+    ``resize_clip``): OpenCV ``INTER_LINEAR`` (``resize='videomamba'``) or PIL bilinear with antialiasing."""
+    frames = _check_frames(frames)
+    _check_resize(resize)
+    h, w = frames.shape[1:3]
+    if (w <= h and w == short_side) or (h <= w and h == short_side):
+        return frames
+    new_h, new_w = resized_size(h, w, short_side)
+    if resize == "videomamba":
+        import cv2
+
+        return np.stack([cv2.resize(np.ascontiguousarray(f), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+                         for f in frames])
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((new_w, new_h), Image.BILINEAR))
+                     for f in frames])
+
+
+def center_crop_origin(height: int, width: int, size: int) -> Tuple[int, int]:
+    """(top, left) of the centred ``size`` x ``size`` crop: ``int(round(slack / 2))`` (upstream's ``CenterCrop``;
+    Python rounds halves to even)."""
     if size > min(width, height):
         raise ValueError(f"crop {size} larger than the resized frame {width}x{height}; "
                          f"use --short_side_size >= --input_size")
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
+def test_crop_start(length: int, size: int, index: int, num_crops: int) -> int:
+    """Start of test crop ``index`` of ``num_crops`` (length ``size``) along a side of ``length``: upstream's
+    ``int(index * slack / (num_crops - 1))``, one crop at ``int(slack / 2)``."""
     if not 0 <= index < num_crops:
         raise ValueError(f"crop index {index} not in [0, {num_crops})")
-    def pos(length: int) -> int:
-        slack = length - size
-        return slack // 2 if num_crops == 1 else int(round(index * slack / (num_crops - 1)))
-    if width >= height:
-        left, top = pos(width), (height - size) // 2
-    else:
-        left, top = (width - size) // 2, pos(height)
-    return left, top, left + size, top + size
+    if num_crops == 1:
+        return int(1.0 * (length - size) / 2)
+    return int(index * (1.0 * (length - size) / (num_crops - 1)))
 
 
 def video_eval_transform(frames: np.ndarray, short_side_size: int, input_size: int, crop_index: int = 0,
-                         num_crops: int = 1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
-    """Val (``num_crops=1``: centre crop) and test (crop ``crop_index`` of ``num_crops``) transform."""
-    imgs = short_side_resize(to_pil_frames(frames), short_side_size)
-    box = crop_box(imgs[0].size[0], imgs[0].size[1], input_size, crop_index, num_crops)
-    return frames_to_tensor([im.crop(box) for im in imgs], mean, std)
+                         num_crops: int = 1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, *,
+                         mode: str = "test", resize: str = "videomamba") -> torch.Tensor:
+    """The validation (``mode='val'``: centre crop) or test (``mode='test'``: crop ``crop_index`` of ``num_crops``)
+    clip of uint8 (T, H, W, 3) ``frames``; see the module docstring."""
+    if mode not in ("val", "test"):
+        raise ValueError(f"eval transform mode must be 'val' or 'test', got {mode!r}")
+    if input_size > short_side_size:
+        raise ValueError(f"crop {input_size} larger than the resized frame (short side {short_side_size}); "
+                         f"use --short_side_size >= --input_size")
+    frames = resize_short_side(frames, short_side_size, resize)
+    h, w = frames.shape[1:3]
+    if mode == "test":
+        if h >= w:
+            top = test_crop_start(h, short_side_size, crop_index, num_crops)
+            frames = frames[:, top:top + short_side_size]
+        else:
+            left = test_crop_start(w, short_side_size, crop_index, num_crops)
+            frames = frames[:, :, left:left + short_side_size]
+        h, w = frames.shape[1:3]
+    if mode == "val" or input_size < min(h, w):
+        top, left = center_crop_origin(h, w, input_size)
+        frames = frames[:, top:top + input_size, left:left + input_size]
+    return clip_to_tensor(frames, mean, std)

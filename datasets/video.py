@@ -28,8 +28,8 @@ from torch.utils.data import Dataset
 from utils.errors import TooManyBadSamplesError, UnreadableEvalSampleError
 
 from .lists import Sample, read_list
-from .sampling import sample_indices
-from .transforms import VideoTrainTransform, video_eval_transform
+from .sampling import SCHEMES, describe_convention, sample_indices, scheme_for
+from .transforms import RESIZE_MODES, VideoTrainTransform, video_eval_transform
 from .video_io import VideoReadError, read_rawframes, read_video_frames
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class _ClipDataset(Dataset):
                  test_num_crop: int = 3, aa: Optional[str] = "rand-m7-n4-mstd0.5-inc1", reprob: float = 0.25,
                  remode: str = "pixel", recount: int = 1, num_sample: int = 1, flip: bool = True,
                  train_interpolation: str = "bicubic", max_bad_samples: int = 10, skip_bad_test: bool = False,
-                 list_flag: str = "", test_offsets: str = "kinetics"):
+                 list_flag: str = "", scheme: Optional[str] = None, resize_mode: str = "videomamba"):
         if mode == "val":
             mode = "validation"
         if mode not in MODES:
@@ -73,9 +73,16 @@ class _ClipDataset(Dataset):
         self.num_sample = int(num_sample)
         self.max_bad_samples = int(max_bad_samples)
         self.skip_bad_test = bool(skip_bad_test)
-        self.test_offsets = test_offsets
+        self.scheme = scheme or scheme_for("", False, self.sampling_rate)
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown sampling scheme {self.scheme!r}; choose one of {SCHEMES}")
+        if self.scheme == "kinetics_dense" and self.sampling_rate < 1:
+            raise ValueError("the kinetics_dense scheme needs sampling_rate >= 1")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+        self.resize_mode = resize_mode
         self.train_transform = (VideoTrainTransform(input_size, aa=aa, reprob=reprob, remode=remode, recount=recount,
-                                                    flip=flip, interpolation=train_interpolation)
+                                                    flip=flip, interpolation=train_interpolation, resize=resize_mode)
                                 if mode == "train" else None)
         self.bad_samples: List[Tuple[str, str]] = []   # (path, reason) of every failure seen by this instance
 
@@ -86,7 +93,12 @@ class _ClipDataset(Dataset):
 
     def _index_fn(self, mode: str, view: int = 0):
         return partial(sample_indices, num_frames=self.num_frames, sampling_rate=self.sampling_rate, mode=mode,
-                       view=view, num_views=self.test_num_segment, test_offsets=self.test_offsets)
+                       view=view, num_views=self.test_num_segment, scheme=self.scheme)
+
+    @property
+    def convention(self) -> str:
+        """One line: the sampling and resize convention this dataset feeds the model (logged; eval_zoo prints it)."""
+        return describe_convention(self.scheme, self.resize_mode, self.sampling_rate)
 
     # -- items ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -147,7 +159,8 @@ class _ClipDataset(Dataset):
                     f"remove it, or pass --skip_bad_test to exclude it from the evaluation (it is then reported by "
                     f"name and counted as a miss)") from e
             return torch.zeros(3, self.num_frames, self.input_size, self.input_size), False
-        return video_eval_transform(frames, self.short_side_size, self.input_size, crop, num_crops), True
+        return video_eval_transform(frames, self.short_side_size, self.input_size, crop, num_crops, mode=mode,
+                                    resize=self.resize_mode), True
 
 
 class VideoClsDataset(_ClipDataset):

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from collections import defaultdict
 
@@ -281,15 +282,25 @@ def final_test(data_loader, model, file: str, autocast=None, print_freq: int = 1
     return {"n_views": n_views, "n_bad_views": n_bad}
 
 
+# The accuracy line upstream's final_test writes before its per-view lines: "{acc1}, {acc5}" of the last batch
+# (timm's accuracy: 0-d tensors, e.g. "tensor(75., device='cuda:0'), tensor(100., device='cuda:0')", or numbers).
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
+_UPSTREAM_HEADER = re.compile(rf"\s*(?:tensor\([^()\[\]]*\)|{_NUM})\s*,\s*(?:tensor\([^()\[\]]*\)|{_NUM})\s*")
+
+
 def _parse_pred_line(line: str, path: str, lineno: int):
+    """``id [logits] label chunk split``, as ours and upstream's final_test write it: the id is everything before
+    the '[' (upstream keys a video by its file stem, ours by its list path; either is read as written)."""
     try:
-        vid, rest = line.split(" ", 1)
-        lb = rest.index("[")
-        rb = rest.index("]")
-        logits = json.loads(rest[lb: rb + 1])
-        label, chunk, split = rest[rb + 1:].split()
-        return vid, np.asarray(logits, dtype=np.float64), int(label), int(chunk), int(split)
-    except (ValueError, json.JSONDecodeError) as e:
+        lb, rb = line.index("["), line.index("]")
+        vid = line[:lb].strip()
+        inner = line[lb + 1: rb].strip()
+        logits = np.asarray([float(x) for x in inner.split(",")] if inner else [], dtype=np.float64)
+        label, chunk, split = line[rb + 1:].split()
+        if not vid or logits.size == 0:
+            raise ValueError("no id or no logits")
+        return vid, logits, int(label), int(chunk), int(split)
+    except ValueError as e:
         raise ValueError(f"{path}:{lineno}: malformed prediction line {line.strip()!r} "
                          f"(expected 'id [logits] label chunk split')") from e
 
@@ -297,12 +308,16 @@ def _parse_pred_line(line: str, path: str, lineno: int):
 def merge(eval_path: str, num_tasks: int, log=print) -> dict:
     """Softmax-average all views of each video from ``{rank}.txt`` files -> top-1 / top-5 (percent).
 
-    Views duplicated by a padding sampler (same id, chunk, split) count once. Videos whose every view
-    was unreadable are reported by name and counted as misses in the headline figures.
+    Reads our files and upstream-written ones alike: the accuracy line upstream's final_test writes first is
+    recognised and skipped (only on line 1; any other malformed line is an error naming file and line), ids are
+    taken as written (our list paths, upstream's file stems). Views duplicated by a padding sampler (same id,
+    chunk, split) count once. Videos whose every view was unreadable are reported by name and counted as misses in
+    the headline figures. Logs and returns how many files, views and videos were merged.
     """
     views: dict[str, dict] = defaultdict(dict)
     labels: dict[str, int] = {}
     bad: dict[str, set] = defaultdict(set)
+    n_lines = n_headers = 0
     for r in range(num_tasks):
         path = os.path.join(eval_path, f"{r}.txt")
         if not os.path.isfile(path):
@@ -311,18 +326,26 @@ def merge(eval_path: str, num_tasks: int, log=print) -> dict:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                if lineno == 1 and "[" not in line and _UPSTREAM_HEADER.fullmatch(line.strip()):
+                    n_headers += 1
+                    continue
                 vid, logits, label, chunk, split = _parse_pred_line(line, path, lineno)
                 if vid in labels and labels[vid] != label:
                     raise ValueError(f"{path}:{lineno}: video {vid} has label {label} but {labels[vid]} elsewhere")
                 labels[vid] = label
                 views[vid][(chunk, split)] = logits
+                n_lines += 1
         bad_path = path + ".bad"
         if os.path.isfile(bad_path):
             with open(bad_path) as f:
-                for line in f:
+                for lineno, line in enumerate(f, 1):
                     if line.strip():
-                        vid, label, chunk, split = line.split()
-                        bad[vid].add((int(chunk), int(split)))
+                        try:
+                            vid, label, chunk, split = line.split()
+                            bad[vid].add((int(chunk), int(split)))
+                        except ValueError as e:
+                            raise ValueError(f"{bad_path}:{lineno}: malformed line {line.strip()!r} "
+                                             f"(expected 'id label chunk split')") from e
                         labels.setdefault(vid, int(label))
     unreadable = sorted(v for v in bad if v not in views)
     correct1 = correct5 = 0
@@ -335,15 +358,21 @@ def merge(eval_path: str, num_tasks: int, log=print) -> dict:
         view_counts.append(len(per_view))
     n_scored = len(views)
     n_total = n_scored + len(unreadable)
+    n_views = sum(view_counts)
     partial = sorted(v for v in bad if v in views)
     res = {"top1": 100.0 * correct1 / max(n_total, 1), "top5": 100.0 * correct5 / max(n_total, 1),
            "n_videos": n_scored, "n_unreadable": len(unreadable), "unreadable": unreadable,
-           "n_partial": len(partial),
+           "n_partial": len(partial), "n_views": n_views, "n_duplicate_views": n_lines - n_views,
+           "n_files": num_tasks, "n_upstream_headers": n_headers,
            "views_per_video": (min(view_counts) if view_counts else 0, max(view_counts) if view_counts else 0),
            "top1_readable": 100.0 * correct1 / max(n_scored, 1), "top5_readable": 100.0 * correct5 / max(n_scored, 1)}
     vmin, vmax = res["views_per_video"]
     vpv = f"{vmin}" if vmin == vmax else f"{vmin}-{vmax}"
-    log(f"merge: {n_scored} videos scored, {vpv} views per video (softmax-averaged); "
+    extra = [f"{n_lines - n_views} duplicate views counted once"] if n_lines > n_views else []
+    if n_headers:
+        extra.append(f"{n_headers} upstream accuracy header line{'s' if n_headers > 1 else ''} skipped")
+    log(f"merge: {n_views} views of {n_scored} videos from {num_tasks} file{'s' if num_tasks > 1 else ''}"
+        f"{' (' + '; '.join(extra) + ')' if extra else ''}, {vpv} views per video (softmax-averaged); "
         f"top-1 {res['top1']:.3f} top-5 {res['top5']:.3f}")
     report_unreadable("merge", unreadable, res["top1"], res["top1_readable"], log)
     if partial:

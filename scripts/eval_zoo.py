@@ -7,9 +7,14 @@
     python scripts/eval_zoo.py videomamba_middle.ssv2_f16_res224 --data_path /data/ssv2/lists \\
         --data_root /data/ssv2/rawframes -- --batch_size 4            # more run_class_finetuning.py flags after --
 
+    python scripts/eval_zoo.py --merge PRED_DIR [--num_files 8]   # merge 0.txt .. N-1.txt written by VideoMamba's
+                                                                 # final_test (or ours) and print top-1 / top-5
+
 Each tag runs ``run_class_finetuning.py --eval`` with the checkpoint (fetched into the Hugging Face cache, or read
 from it with HF_HUB_OFFLINE=1), its frames and input size, and the test views of VideoMamba's scripts (K400:
-4 temporal x 3 spatial; SSV2: 2 x 3, with upstream's SSV2 view offsets), then prints one table.
+4 temporal x 3 spatial; SSV2: 2 x 3), sampled, resized and cropped as VideoMamba's evaluation does (its
+Kinetics_sparse / SSV2 dataset classes: see the README's table); it prints that sampling convention, then one table
+with it.
 """
 from __future__ import annotations
 
@@ -68,11 +73,18 @@ def main(argv=None) -> int:
     p.add_argument("--data_root", "--prefix", dest="data_root", default="")
     p.add_argument("--split", default=" ")
     p.add_argument("--output_dir", default="", help="default work_dirs/eval_zoo/<tag>")
+    p.add_argument("--merge", default="", metavar="PRED_DIR",
+                   help="only merge the prediction files 0.txt .. N-1.txt in PRED_DIR (VideoMamba's final_test "
+                        "output, with its accuracy line, or ours) and print top-1 / top-5")
+    p.add_argument("--num_files", type=int, default=0, help="with --merge: N (default: every consecutive N.txt)")
     a = p.parse_args(argv)
+    if a.merge:
+        return merge_dir(a.merge, a.num_files)
     if a.list or not a.tags:
         print(list_table())
         return 0
     import run_class_finetuning as rcf
+    from datasets.build import sampling_convention
     from utils.config import parse_with_config
 
     results = []
@@ -82,16 +94,35 @@ def main(argv=None) -> int:
         print("[eval_zoo] python run_class_finetuning.py " + " ".join(flags), flush=True)
         from engines.runner import run
 
-        res = run(parse_with_config(rcf.get_args_parser(), flags), rcf.wiring())
-        results.append((name, res))
-    print("\n| tag | published top-1 | measured top-1 | difference | videos |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, res in results:
+        args = parse_with_config(rcf.get_args_parser(), flags)
+        convention = sampling_convention(args, test_mode=True)
+        print(f"[eval_zoo] {name}: sampling convention {convention}", flush=True)
+        res = run(args, rcf.wiring())
+        results.append((name, res, convention))
+    print("\n| tag | published top-1 | measured top-1 | difference | videos | sampling |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, res, convention in results:
         e = ZOO[name]
         got = res.get("Final top-1")
         diff = f"{got - e.top1:+.2f}" if isinstance(got, (int, float)) and e.top1 is not None else "-"
         shown = f"{got:.2f}" if isinstance(got, (int, float)) else "-"
-        print(f"| {name} | {e.top1} | {shown} | {diff} | {res.get('n_videos', '-')} |")
+        print(f"| {name} | {e.top1} | {shown} | {diff} | {res.get('n_videos', '-')} | {convention.split(':')[0]} |")
+    print("\nsampling: " + "; ".join(sorted({c for _, _, c in results})))
+    return 0
+
+
+def merge_dir(pred_dir: str, num_files: int = 0) -> int:
+    """Merge the per-rank prediction files of ``pred_dir`` (upstream's or ours) and print the result."""
+    from engines.finetune import merge
+
+    if num_files < 1:
+        while os.path.isfile(os.path.join(pred_dir, f"{num_files}.txt")):
+            num_files += 1
+        if num_files == 0:
+            raise SystemExit(f"error: no prediction file {os.path.join(pred_dir, '0.txt')}")
+    res = merge(pred_dir, num_files)
+    print(f"top-1 {res['top1']:.2f} top-5 {res['top5']:.2f} over {res['n_videos'] + res['n_unreadable']} videos "
+          f"({res['n_views']} views)")
     return 0
 
 

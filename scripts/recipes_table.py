@@ -40,7 +40,7 @@ UPSTREAM_IMAGE_DEFAULTS = dict(update_freq=1, epochs=300, warmup_epochs=5, warmu
                                clip_grad=None, input_size=224)
 # What "upstream" means for the switches that reproduce its effective behaviour (compared like any value).
 UPSTREAM_VIDEO_SWITCHES = dict(layer_decay_mode="videomamba", weight_decay_ssm=True, lr_scale_rule="linear256",
-                               init="videomamba", sampling="sparse (TSN)")
+                               init="videomamba", sampling="sparse (TSN)", resize_mode="videomamba")
 UPSTREAM_IMAGE_SWITCHES = dict(lr_scale_rule="deit512", init="videomamba")
 
 VIDEO_FIELDS = ("size", "gpus", "batch_size", "update_freq", "num_sample", "epochs", "warmup_epochs", "lr", "min_lr",
@@ -164,7 +164,8 @@ def ours(rel: str) -> dict:
                  orig_t_size=a.orig_t_size, short_side_size=a.short_side_size, test_num_segment=a.test_num_segment,
                  test_num_crop=a.test_num_crop, opt_betas=tuple(a.opt_betas) if a.opt_betas else None,
                  layer_decay_mode=a.layer_decay_mode, weight_decay_ssm=a.weight_decay_ssm,
-                 sampling="sparse (TSN)" if not a.sampling_rate else f"dense, rate {a.sampling_rate}")
+                 sampling="sparse (TSN)" if not a.sampling_rate else f"dense, rate {a.sampling_rate}",
+                 resize_mode=a.resize_mode)
     return d
 
 

@@ -70,14 +70,15 @@ def test_video_and_rawframe_datasets_give_the_same_clip(numbered, mode):
         assert a[0].shape == (3, 4, 32, 32) and a[0].dtype == torch.float32
         assert (a[0] - b[0]).abs().mean() < 0.05  # same content; mp4 vs JPEG compression
         assert a[1:3] == (1, "v.mp4") and b[1:3] == (1, "fr") and a[-1] is True
-    # val: segment middles of 12 frames / 4 segments; test view k: offset (k+1)/4 into each segment
+    # VideoMamba's sparse sampling of 12 frames in 4 segments of (12 - 1) / 4 = 2.75 frames, starting at
+    # round(2.75 i) = 0, 3, 6, 8: val + int(2.75 / 2); test view k of 3: + int(2.75 / 4 * (k + 1))
     if mode == "validation":
-        assert _denorm_frame_numbers(vid[0][0]) == [1, 4, 7, 10]
+        assert _denorm_frame_numbers(vid[0][0]) == [1, 4, 7, 9]
     else:
         items = [vid[i] for i in range(6)]
         assert [(it[3], it[4]) for it in items] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
-        assert [_denorm_frame_numbers(items[2 * k][0]) for k in range(3)] == [[0, 3, 6, 9], [1, 4, 7, 10],
-                                                                            [2, 5, 8, 11]]
+        assert [_denorm_frame_numbers(items[2 * k][0]) for k in range(3)] == [[0, 3, 6, 8], [1, 4, 7, 9],
+                                                                            [2, 5, 8, 10]]
 
 
 def test_train_items_and_num_sample(synthetic_dataset):  # noqa: F811
@@ -197,7 +198,7 @@ def test_missing_rawframe_is_bad_sample(tmp_path, numbered):
 
 def test_pyav_reader_choice(numbered):
     ds = VideoClsDataset(str(numbered / "video.csv"), "validation", video_reader="pyav", **EVAL)
-    assert _denorm_frame_numbers(ds[0][0]) == [1, 4, 7, 10]
+    assert _denorm_frame_numbers(ds[0][0]) == [1, 4, 7, 9]
     with pytest.raises(ValueError, match="video_reader"):
         VideoClsDataset(str(numbered / "video.csv"), "validation", video_reader="opencv", **EVAL)
 

@@ -199,7 +199,7 @@ def test_reduced_demo_learns_motion(tmp_path):
     motion-direction test set, and infer_video.py labels fresh videos correctly from its checkpoint."""
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     res = run_demo.main(["--data_path", data, "--output_dir", out, "--epochs", "10", "--test_per_class", "10"])
-    assert res["top1"] >= 60.0, res  # chance is 25%; the full demo (16 epochs) reaches 100%
+    assert res["top1"] >= 60.0, res  # chance is 25%; the full demo (16 epochs) reaches 94%
     vids = _fresh_videos(tmp_path)
     r = infer_video.main(["--ckpt", res["checkpoint"], "--label_map", res["labels"]] + [v for v, _ in vids])
     right = sum(x["topk"][0]["id"] == label for x, (_, label) in zip(r, vids))

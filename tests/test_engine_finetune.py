@@ -78,6 +78,7 @@ def test_merge_of_two_ranks_equals_single_process(tmp_path):
     a = merge(str(tmp_path / "single"), 1)
     b = merge(str(tmp_path / "two"), 2)
     assert a["n_videos"] == b["n_videos"] == 7 and a["views_per_video"] == b["views_per_video"] == (3, 3)
+    assert a["n_views"] == b["n_views"] == 21 and a["n_upstream_headers"] == 0
     assert a["top1"] == b["top1"] and a["top5"] == b["top5"]
     # independent recomputation of the softmax average
     with torch.no_grad():
@@ -105,6 +106,46 @@ def test_merge_rejects_malformed_line(tmp_path):
     (tmp_path / "0.txt").write_text("vid0 [0.1, 0.2] 1 0 0\nvid1 0.3 0.1 1 0 0\n")
     with pytest.raises(ValueError, match=r"0.txt:2"):
         merge(str(tmp_path), 1)
+    (tmp_path / "0.txt").write_text("vid1 0.3 0.1 1 0 0\nvid0 [0.1, 0.2] 1 0 0\n")  # not a header either
+    with pytest.raises(ValueError, match=r"0.txt:1: malformed"):
+        merge(str(tmp_path), 1)
+    (tmp_path / "0.txt").write_text("vid0 [0.1, 0.2] 1 0 0\ntensor(50.), tensor(100.)\n")  # header only on line 1
+    with pytest.raises(ValueError, match=r"0.txt:2: malformed"):
+        merge(str(tmp_path), 1)
+    (tmp_path / "0.txt").write_text("vid0 [] 1 0 0\n")
+    with pytest.raises(ValueError, match=r"0.txt:1: malformed"):
+        merge(str(tmp_path), 1)
+
+
+def test_merge_reads_upstream_written_prediction_files(tmp_path):
+    """VideoMamba's final_test: an accuracy line first ("{acc1}, {acc5}" of its last batch, 0-d tensors), then
+    "{stem} {str(list)} {label} {chunk} {split}" per view; its DistributedSampler pads with repeated views."""
+    rng = np.random.default_rng(0)
+    videos = {"abseiling_x1": 0, "zumba_y2": 2, "my clip": 1}  # file stems; one with a space
+    rows = [(vid, lab, c, s, rng.normal(size=4).astype(np.float32).tolist()) for vid, lab in videos.items()
+            for c in range(2) for s in range(3)]
+    halves = [rows[0::2] + [rows[0]], rows[1::2]]  # rank 0 repeats one view (sampler padding)
+    for r, part in enumerate(halves):
+        body = "".join(f"{v} {str(lg)} {lab} {c} {s}\n" for v, lab, c, s, lg in part)
+        (tmp_path / f"{r}.txt").write_text(f"tensor({50.0 + r}, device='cuda:0'), tensor(100., device='cuda:0')\n"
+                                           + body)
+    msgs = []
+    res = merge(str(tmp_path), 2, log=msgs.append)
+    assert (res["n_videos"], res["n_views"], res["n_duplicate_views"], res["n_upstream_headers"]) == (3, 18, 1, 2)
+    assert res["views_per_video"] == (6, 6) and res["n_files"] == 2
+    assert "18 views of 3 videos from 2 files" in msgs[0] and "2 upstream accuracy header lines skipped" in msgs[0]
+    # independent recomputation: mean of the per-view softmax (float64), as upstream's compute_video
+    hit = 0
+    for vid, lab in videos.items():
+        lg = np.array([r[4] for r in rows if r[0] == vid], dtype=np.float64)
+        p = np.exp(lg - lg.max(1, keepdims=True))
+        hit += int(np.argmax((p / p.sum(1, keepdims=True)).mean(0)) == lab)
+    assert res["top1"] == pytest.approx(100.0 * hit / 3)
+    # ours and upstream's in one directory: ours has no header line, both merge
+    ours = "".join(f"{v.replace(' ', '_')} {json.dumps(lg)} {lab} {c} {s}\n" for v, lab, c, s, lg in rows)
+    (tmp_path / "1.txt").write_text(ours)
+    res2 = merge(str(tmp_path), 2, log=msgs.append)
+    assert (res2["n_videos"], res2["n_upstream_headers"]) == (4, 1)  # "my clip" (stem) and "my_clip" (ours)
 
 
 def test_evaluate_reports_unreadable_items_by_name_and_counts_them_as_misses():

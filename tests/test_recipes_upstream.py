@@ -48,6 +48,12 @@ def test_drift_is_detected(tmp_path, monkeypatch):
     monkeypatch.setattr(rt, "EXP", str(fake_exp))
     res = rt.compare("k400/videomambapro_tiny_f64_res224.sh")
     assert [(f, o, u) for f, o, u, why in res["diffs"]] == [("gpus", 8, 16)]
+    # a recipe that resizes other than VideoMamba does is drift too
+    text = open(src).read().replace("    --bf16 \\\n", "    --bf16 --resize_mode antialias \\\n")
+    assert "--resize_mode antialias" in text
+    (fake_exp / "k400" / "videomambapro_tiny_f64_res224.sh").write_text(text)
+    res = rt.compare("k400/videomambapro_tiny_f64_res224.sh")
+    assert [(f, o, u) for f, o, u, why in res["diffs"]] == [("resize_mode", "antialias", "videomamba")]
 
 
 def test_key_upstream_values(results):

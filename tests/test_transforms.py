@@ -4,7 +4,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from datasets import VideoTrainTransform, build_mixup_fn, default_data_args, video_eval_transform
@@ -26,29 +25,48 @@ def _seed(s):
     torch.manual_seed(s)
 
 
-def test_train_crop_and_flip_shared_by_all_frames():
+def _upstream_train_reference(frames, size, ra=None):
+    """VideoMamba's _aug_frame without erasing, from its formulas, drawing in its order: RandAugment on the whole
+    frames (python / numpy draws), ToTensor + normalise, _get_param_spatial_crop (python random), bilinear
+    interpolate (align_corners False), flip when np.random.uniform() < 0.5."""
+    if ra is not None:
+        frames = np.stack([np.asarray(im) for im in apply_consistently(ra, to_pil_frames(frames))])
+    x = torch.from_numpy(frames).float() / 255.0  # T H W C
+    x = ((x - torch.tensor(IMAGENET_DEFAULT_MEAN)) / torch.tensor(IMAGENET_DEFAULT_STD)).permute(3, 0, 1, 2)
+    top, left, h, w = random_resized_crop_params(x.shape[2], x.shape[3], (0.08, 1.0), (0.75, 1.3333))
+    x = torch.nn.functional.interpolate(x[:, :, top:top + h, left:left + w], size=(size, size), mode="bilinear",
+                                        align_corners=False)
+    flip = np.random.uniform() < 0.5
+    return (x.flip(-1) if flip else x), flip
+
+
+@pytest.mark.parametrize("aa", [None, "rand-m9-n2-mstd0.5-inc1"])
+def test_train_clip_is_upstreams_given_the_draws(aa):
     frames = _textured_clip()
-    tf = VideoTrainTransform(32, aa=None, reprob=0.0, flip=True)
+    tf = VideoTrainTransform(32, aa=aa, reprob=0.0, flip=True)
+    assert (tf.scale, tf.ratio) == ((0.08, 1.0), (0.75, 1.3333))  # upstream's ranges
     flips = set()
     for s in range(12):
         _seed(s)
         x = tf(frames)
         assert x.shape == (3, 6, 32, 32) and x.dtype == torch.float32
-        px = x * STD + MEAN  # back to [0, 1]
-        for k in range(1, 6):
-            d = (px[:, k] - px[:, 0]) * 255  # = 5k everywhere if frame k got frame 0's crop and flip
-            assert (d - 5 * k).abs().max() < 1.5, f"seed {s}: frame {k} cropped/flipped differently"
-        # replay the random draws: frame 0 must be exactly that crop, flipped when the draw says so
+        if aa is None:  # one crop and flip for every frame: frame k - frame 0 stays 5k everywhere
+            d = ((x * STD + MEAN)[:, 1:] - (x * STD + MEAN)[:, :1]) * 255
+            assert (d - 5 * torch.arange(1, 6).view(1, 5, 1, 1)).abs().max() < 1e-3
         _seed(s)
-        top, left, h, w = random_resized_crop_params(48, 64, (0.08, 1.0), (3 / 4, 4 / 3))
-        flip = random.random() < 0.5
-        ref = Image.fromarray(frames[0]).resize((32, 32), Image.BICUBIC, box=(left, top, left + w, top + h))
-        if flip:
-            ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
-        ref = torch.from_numpy(np.asarray(ref, dtype=np.float32)).permute(2, 0, 1)
-        assert (px[:, 0] * 255 - ref).abs().max() < 1.0
+        ref, flip = _upstream_train_reference(frames, 32, build_rand_augment(aa, 32, "bicubic") if aa else None)
+        assert torch.equal(x, ref), f"seed {s}: max diff {(x - ref).abs().max()}"
         flips.add(flip)
     assert flips == {True, False}  # both branches exercised
+    tf_aa, differs = VideoTrainTransform(32, aa=aa, reprob=0.0, flip=True, resize="antialias"), 0
+    for s in range(4):  # --resize_mode antialias: the same draws, other pixels wherever the crop is downscaled
+        _seed(s)
+        a = tf_aa(frames)
+        _seed(s)
+        differs += not torch.equal(a, tf(frames))
+    assert differs >= 1
+    with pytest.raises(ValueError, match="resize mode"):
+        VideoTrainTransform(32, resize="pil")
 
 
 def test_rand_augment_same_ops_on_every_frame():
@@ -73,20 +91,25 @@ def test_rand_augment_same_ops_on_every_frame():
         assert torch.equal(x[:, 0:1].expand_as(x), x)
 
 
-def test_random_erasing_same_box_on_every_frame():
+def test_random_erasing_one_box_per_frame_as_upstream():
+    """Upstream erases the (T, C, H, W) clip with timm's RandomErasing: each frame is an image of the batch and gets
+    its own box (num_splits = recount = 1: every frame)."""
     frames = np.full((5, 40, 40, 3), 220, np.uint8)  # normalised values > 0 everywhere
     tf = VideoTrainTransform(32, aa=None, reprob=1.0, remode="const")
-    boxes = set()
+    differ = 0
     for s in range(6):
         _seed(s)
         x = tf(frames)
-        erased = x == 0
-        assert erased.any() and not erased.all()
-        assert torch.equal(erased, erased[:1, :1].expand_as(erased))  # same pixels in every channel and frame
-        ys, xs = torch.nonzero(erased[0, 0], as_tuple=True)
-        assert erased[0, 0, ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # one rectangle
-        boxes.add((int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())))
-    assert len(boxes) > 1
+        boxes = set()
+        for t in range(5):
+            erased = x[:, t] == 0
+            assert erased.any() and not erased.all()
+            assert torch.equal(erased, erased[:1].expand_as(erased))  # the same pixels in every channel
+            ys, xs = torch.nonzero(erased[0], as_tuple=True)
+            assert erased[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # one rectangle
+            boxes.add((int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())))
+        differ += len(boxes) > 1
+    assert differ >= 5  # boxes drawn per frame
 
 
 def test_eval_transform_normalises_and_crops_along_long_side():

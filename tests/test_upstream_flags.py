@@ -131,12 +131,14 @@ def test_ssv2_lists_pick_the_dataset_class(tmp_path):
 
 
 def test_ssv2_test_views_use_upstream_offsets():
-    """VideoMamba's SSV2 test views: segment starts and segment middles (S = 2); Kinetics: (k+1)/(S+1)."""
-    from datasets.sampling import sparse_indices
+    """VideoMamba's SSV2 test views: segment starts and segment middles (S = 2); Kinetics_sparse: (N - 1) / T
+    segments, view k at int(seg / (S + 1) * (k + 1)) after round(seg * i)."""
+    from datasets.sampling import kinetics_sparse_indices, ssv2_rawframe_indices, ssv2_video_indices
 
-    assert sparse_indices(80, 8, "test", 0, 2, test_offsets="ssv2") == [0, 10, 20, 30, 40, 50, 60, 70]
-    assert sparse_indices(80, 8, "test", 1, 2, test_offsets="ssv2") == [5, 15, 25, 35, 45, 55, 65, 75]
-    assert sparse_indices(90, 3, "test", 0, 2) == [10, 40, 70]
+    for fn in (ssv2_video_indices, ssv2_rawframe_indices):
+        assert fn(80, 8, "test", 0, 2) == [0, 10, 20, 30, 40, 50, 60, 70]
+        assert fn(80, 8, "test", 1, 2) == [5, 15, 25, 35, 45, 55, 65, 75]
+    assert kinetics_sparse_indices(90, 3, "test", 0, 2) == [9, 39, 68]  # seg 89 / 3: starts 0, 30, 59, + 9
 
 
 def test_upstream_layer_decay_and_ssm_weight_decay():

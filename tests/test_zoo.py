@@ -154,3 +154,29 @@ def test_eval_zoo_command_uses_upstream_views(tmp_path, capsys):
     assert "videomamba_tiny.k400_f8_res224 | videomamba_t16_k400_f8_res224.pth | K400 | 8 | 224 | 400 | 76.9" in out
     with pytest.raises(SystemExit):
         eval_zoo.build_argv("videomamba_middle.k400_mask_pt_f8_res224", "L")  # no classifier to evaluate
+
+
+def test_eval_zoo_states_its_sampling_convention_and_merges_upstream_files(tmp_path, capsys):
+    import run_class_finetuning as rcf
+    from datasets.build import sampling_convention
+    from scripts import eval_zoo
+    from utils.config import parse_with_config
+
+    (tmp_path / "test.csv").write_text("something/78687 36 27\n")  # SSV2 raw frames
+    conv = {}
+    for tag in ("videomamba_tiny.k400_f8_res224", "videomamba_small.ssv2_f16_res288"):
+        a = parse_with_config(rcf.get_args_parser(), eval_zoo.build_argv(tag, str(tmp_path)))
+        conv[tag] = sampling_convention(a)
+    assert conv["videomamba_tiny.k400_f8_res224"].startswith("VideoMamba kinetics_sparse: frames as "
+                                                             "VideoClsDataset_sparse._get_seq_frames")
+    assert conv["videomamba_small.ssv2_f16_res288"].startswith("VideoMamba ssv2_rawframes")
+    assert all("OpenCV INTER_LINEAR" in c for c in conv.values())
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "0.txt").write_text("tensor(100., device='cuda:0'), tensor(100., device='cuda:0')\n"
+                                "78687 [0.1, 2.0, -1.0] 1 0 0\n78687 [0.3, 1.0, 0.0] 1 1 0\n")
+    (pred / "1.txt").write_text("tensor(0., device='cuda:0'), tensor(100., device='cuda:0')\n"
+                                "1234 [3.0, 2.0, -1.0] 1 0 0\n1234 [0.3, 1.0, 0.0] 1 1 0\n")
+    assert eval_zoo.main(["--merge", str(pred)]) == 0
+    out = capsys.readouterr().out
+    assert "4 views of 2 videos from 2 files" in out and "top-1 50.00 top-5 100.00 over 2 videos (4 views)" in out
