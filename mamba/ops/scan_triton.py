@@ -58,16 +58,18 @@ _INSTALL = (
     "Kernels need a CUDA GPU, or TRITON_INTERPRET=1 (set before import) to run on the CPU."
 )
 
-# Tiles: a program holds (block_d, chunk) tiles spread over num_warps warps, chunk / (32 num_warps) consecutive
-# steps per thread. The chunk sets the sequential chain: 2 x ceil(l / chunk) chunk iterations per program (both
-# directions); the grid is ceil(E / block_d) x b programs. Every tile in DEFAULT_TILE and TILE_TABLE compiles
-# with 0 spills and <= 128 registers in the backward (sm_80, sm_90, fp32 / bf16, every flag combination):
-# tests/ops/test_scan_triton_aot.py checks it ahead of time. `scripts/bench_gpu.py --sweep` times candidates.
-DEFAULT_TILE = {"block_d": 1, "chunk": 2048, "num_warps": 8}
+# Tiles: a program holds (block_d, chunk) tiles spread over num_warps warps, chunk / (32 num_warps) steps per
+# thread. The chunk sets the sequential chain: 2 x ceil(l / chunk) chunk iterations per program (both directions);
+# the grid is ceil(E / block_d) x b programs. ptxas (tests/ops/test_scan_triton_aot.py, sm_80 / sm_90, no GPU):
+# the forward kernels use 70-110 registers and never spill; the backward needs ~110-170 registers almost
+# independently of the steps per thread (per-thread addresses and scalars), so at 16 warps (capped at 128
+# registers: one program of 16 warps per SM) its heaviest variants (mask + gate + out_z) spill 16-56 bytes.
+# `scripts/bench_gpu.py --sweep` times candidates on a GPU.
+DEFAULT_TILE = {"block_d": 1, "chunk": 2048, "num_warps": 16}
 # (max d, max l, tile), first matching row wins (None: unbounded)
 TILE_TABLE = (
-    (None, 256, {"block_d": 1, "chunk": 256, "num_warps": 2}),  # images (l = 197)
-    (None, 2048, {"block_d": 1, "chunk": 1024, "num_warps": 4}),  # 8-frame clips (l = 1569): 2 iterations
+    (None, 256, {"block_d": 1, "chunk": 256, "num_warps": 4}),  # images (l = 197): one chunk
+    (None, 2048, {"block_d": 1, "chunk": 512, "num_warps": 8}),  # 8-frame clips (l = 1569): 8 iterations
     (None, None, DEFAULT_TILE),  # 16 to 64 frames (l = 3137 to 12545): 4 to 14 iterations
 )
 _TILE_KEYS = ("block_d", "chunk", "num_warps")
@@ -156,109 +158,21 @@ if triton is not None:
     def _load_delta(dt_ptr, sdt_b, sdt_c, sdt_l, W_ptr, bias, pid_b, offs_c, mask_c, pos, ms, m2, R,
                     LOW_RANK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     BLOCK_C: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
-        """delta (0 at padded steps) and softplus' (1 without softplus) of a (BLOCK_C, CHUNK) tile."""
+        """delta (0 at padded steps) of a (BLOCK_C, CHUNK) tile."""
         if LOW_RANK:  # delta_raw = W_dt @ dt_low: one row of dt_low (shared by the channels) per rank
             x = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
             for r in range(0, R):
                 w = tl.load(W_ptr + offs_c * R + r, mask=mask_c, other=0.0).to(ACC)
                 dl = tl.load(dt_ptr + pid_b * sdt_b + r * sdt_c + pos * sdt_l, mask=ms, other=0.0).to(ACC)
-                x += w[:, None] * dl[None, :]
+                x += w[:, None] * dl
         else:
-            x = tl.load(dt_ptr + pid_b * sdt_b + offs_c[:, None] * sdt_c + pos[None, :] * sdt_l, mask=m2,
+            x = tl.load(dt_ptr + pid_b * sdt_b + offs_c[:, None] * sdt_c + pos * sdt_l, mask=m2,
                         other=0.0).to(ACC)
         if HAS_BIAS:
             x += bias[:, None]
         if SOFTPLUS:
-            delta = _softplus(x)
-            dsp = tl.sigmoid(x)
-        else:
-            delta = x
-            dsp = tl.full((BLOCK_C, CHUNK), 1.0, ACC)
-        return tl.where(m2, delta, 0.0), dsp  # padded steps: a = 1, b = 0, the state passes unchanged
-
-    @triton.jit
-    def _fwd_direction(
-        u_ptr, su_b, su_c, su_l, dt_ptr, sdt_b, sdt_c, sdt_l, B_ptr, sB_b, sB_n, sB_l, C_ptr, sC_b, sC_n, sC_l,
-        W_ptr, A_ptr, D_ptr, bias_ptr, z_ptr, sz_b, sz_c, sz_l, out_ptr, so_b, so_c, so_l, y_ptr, st_ptr, last_ptr,
-        pid_b, offs_c, mask_c, L, E, N, R, NCHUNK, scale,
-        REVERSE: tl.constexpr, RESIDUAL: tl.constexpr, MASKED: tl.constexpr, DROP_D: tl.constexpr,
-        LOW_RANK: tl.constexpr, A_LOG: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, Y_IN: tl.constexpr, Y_OUT: tl.constexpr,
-        SAVE_LAST: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
-    ):
-        ar = tl.arange(0, CHUNK)
-        offs_n = tl.arange(0, NP)
-        mask_cn = mask_c[:, None] & (offs_n < N)[None, :]
-        st_c = (pid_b * E + offs_c) * NCHUNK * N  # boundary states (b, E, NCHUNK, N) of this direction
-        last_col = (ar == CHUNK - 1)[None, :] & mask_c[:, None]
-        if RESIDUAL:  # h_{-1} = u_0 (the first token of this direction), broadcast over the states
-            first = L - 1 if REVERSE else 0
-            u0 = tl.load(u_ptr + pid_b * su_b + offs_c * su_c + first * su_l, mask=mask_c, other=0.0).to(ACC)
-        else:
-            u0 = tl.zeros((BLOCK_C,), dtype=ACC)
-        tl.store(st_ptr + st_c[:, None] + offs_n[None, :], tl.zeros((BLOCK_C, NP), dtype=ACC) + u0[:, None],
-                 mask=mask_cn)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-        else:
-            bias = tl.zeros((BLOCK_C,), dtype=ACC)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-        tl.debug_barrier()
-        for k in range(0, NCHUNK):
-            s = k * CHUNK + ar
-            ms = s < L
-            if REVERSE:
-                pos = L - 1 - s
-            else:
-                pos = s
-            m2 = mask_c[:, None] & ms[None, :]
-            u = tl.load(u_ptr + pid_b * su_b + offs_c[:, None] * su_c + pos[None, :] * su_l, mask=m2,
-                        other=0.0).to(ACC)
-            delta, _dsp = _load_delta(dt_ptr, sdt_b, sdt_c, sdt_l, W_ptr, bias, pid_b, offs_c, mask_c, pos, ms, m2,
-                                      R, LOW_RANK, HAS_BIAS, SOFTPLUS, BLOCK_C, CHUNK, ACC)
-            dtu = delta * u
-            y = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
-            for n in range(0, N):
-                A_n = tl.load(A_ptr + offs_c * N + n, mask=mask_c, other=0.0).to(ACC)
-                if A_LOG:
-                    A_n = -tl.exp(A_n)
-                h0 = tl.load(st_ptr + st_c + k * N + n, mask=mask_c, other=0.0)
-                Bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + pos * sB_l, mask=ms, other=0.0).to(ACC)
-                Cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + pos * sC_l, mask=ms, other=0.0).to(ACC)
-                a = tl.exp(delta * A_n[:, None])
-                bb = dtu * Bn[None, :]
-                ac, hc = tl.associative_scan((a, bb), 1, _fwd_combine)
-                h = hc + ac * h0[:, None]
-                if MASKED:  # y_t = C_t . (a_t h_{t-1}): the token's own term left out
-                    y += Cn[None, :] * (h - bb)
-                else:
-                    y += Cn[None, :] * h
-                # the chunk's end state (padded steps pass it unchanged) starts the next chunk
-                if k + 1 < NCHUNK:
-                    tl.store(tl.broadcast_to((st_ptr + st_c + (k + 1) * N + n)[:, None], (BLOCK_C, CHUNK)), h,
-                             mask=last_col)
-                else:
-                    if SAVE_LAST:
-                        tl.store(tl.broadcast_to((last_ptr + (pid_b * E + offs_c) * N + n)[:, None],
-                                                 (BLOCK_C, CHUNK)), h, mask=last_col)
-            if HAS_D:
-                if not (MASKED and DROP_D):
-                    y += Dv[:, None] * u
-            y_off = ((pid_b * E + offs_c) * L)[:, None] + pos[None, :]  # fp32 scratch (b, E, l)
-            if Y_IN:
-                y += tl.load(y_ptr + y_off, mask=m2, other=0.0)
-            if Y_OUT:
-                tl.store(y_ptr + y_off, y, mask=m2)
-            else:
-                y = y * scale
-                if HAS_Z:
-                    zt = tl.load(z_ptr + pid_b * sz_b + offs_c[:, None] * sz_c + pos[None, :] * sz_l, mask=m2,
-                                 other=0.0).to(ACC)
-                    y = y * zt * tl.sigmoid(zt)
-                tl.store(out_ptr + pid_b * so_b + offs_c[:, None] * so_c + pos[None, :] * so_l,
-                         y.to(out_ptr.dtype.element_ty), mask=m2)
-            tl.debug_barrier()  # publishes the chunk-end states to the program's other threads
+            x = _softplus(x)
+        return tl.where(m2, x, 0.0)  # padded steps: a = 1, b = 0, the state passes unchanged
 
     @triton.jit
     def _scan_fwd_kernel(
@@ -276,171 +190,94 @@ if triton is not None:
         pid_b = tl.program_id(1)
         offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < E
-        _fwd_direction(u0_ptr, su0_b, su0_c, su0_l, dt0_ptr, sdt0_b, sdt0_c, sdt0_l, B0_ptr, sB0_b, sB0_n, sB0_l,
-                       C0_ptr, sC0_b, sC0_n, sC0_l, W0_ptr, A0_ptr, D0_ptr, bias0_ptr, z_ptr, sz_b, sz_c, sz_l,
-                       out_ptr, so_b, so_c, so_l, y_ptr, st_ptr, last_ptr, pid_b, offs_c, mask_c, L, E, N, R, NCHUNK,
-                       scale, False, RESIDUAL0, MASKED0, DROP_D, LOW_RANK, A_LOG, SOFTPLUS, HAS_D, HAS_BIAS, HAS_Z,
-                       False, NDIR == 2, SAVE_LAST and NDIR == 1, BLOCK_C, NP, CHUNK, ACC)
-        if NDIR == 2:
-            _fwd_direction(u1_ptr, su1_b, su1_c, su1_l, dt1_ptr, sdt1_b, sdt1_c, sdt1_l, B1_ptr, sB1_b, sB1_n,
-                           sB1_l, C1_ptr, sC1_b, sC1_n, sC1_l, W1_ptr, A1_ptr, D1_ptr, bias1_ptr, z_ptr, sz_b, sz_c,
-                           sz_l, out_ptr, so_b, so_c, so_l, y_ptr, st_ptr + NCHUNK * N * E * tl.num_programs(1),
-                           last_ptr, pid_b, offs_c, mask_c, L, E, N, R, NCHUNK, scale, True, RESIDUAL1, MASKED1,
-                           DROP_D, LOW_RANK, A_LOG, SOFTPLUS, HAS_D, HAS_BIAS, HAS_Z, True, False, False, BLOCK_C,
-                           NP, CHUNK, ACC)
-
-    @triton.jit
-    def _bwd_direction(
-        u_ptr, su_b, su_c, su_l, dt_ptr, sdt_b, sdt_c, sdt_l, B_ptr, sB_b, sB_n, sB_l, C_ptr, sC_b, sC_n, sC_l,
-        W_ptr, A_ptr, D_ptr, bias_ptr,
-        du_ptr, sdu_b, sdu_c, sdu_l, ddt_ptr, sddt_b, sddt_c, sddt_l, dB_ptr, sdB_b, sdB_n, sdB_l,
-        dC_ptr, sdC_b, sdC_n, sdC_l, dA_ptr, dD_ptr, dbias_ptr, dW_ptr,
-        z_ptr, sz_b, sz_c, sz_l, dout_ptr, sdo_b, sdo_c, sdo_l, dz_ptr, sdz_b, sdz_c, sdz_l,
-        oz_ptr, soz_b, soz_c, soz_l, y_ptr, st_ptr, q_ptr,
-        pid_b, offs_c, mask_c, L, E, N, R, NCHUNK, scale,
-        REVERSE: tl.constexpr, RESIDUAL: tl.constexpr, MASKED: tl.constexpr, DROP_D: tl.constexpr,
-        LOW_RANK: tl.constexpr, A_LOG: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, Y_IN: tl.constexpr, Y_OUT: tl.constexpr,
-        WANT_OZ: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr, CHUNK: tl.constexpr,
-        ACC: tl.constexpr,
-    ):
-        ar = tl.arange(0, CHUNK)
+        ar = tl.arange(0, CHUNK)[None, :]  # (1, CHUNK): every time-indexed tensor is 2-D (no layout changes)
         offs_n = tl.arange(0, NP)
-        offs_r = tl.arange(0, RP)
         mask_cn = mask_c[:, None] & (offs_n < N)[None, :]
-        st_c = (pid_b * E + offs_c) * NCHUNK * N
-        q_c = (pid_b * E + offs_c) * 2 * N  # adjoint carries a_s g_s, double-buffered (b, E, 2, N)
-        first_col = (ar == 0)[None, :] & mask_c[:, None]
-        tl.store(q_ptr + q_c[:, None] + (NCHUNK % 2) * N + offs_n[None, :], tl.zeros((BLOCK_C, NP), dtype=ACC),
-                 mask=mask_cn)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-        else:
-            bias = tl.zeros((BLOCK_C,), dtype=ACC)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-        dA_acc = tl.zeros((BLOCK_C, NP), dtype=ACC)
-        dD_acc = tl.zeros((BLOCK_C,), dtype=ACC)
-        dbias_acc = tl.zeros((BLOCK_C,), dtype=ACC)
-        dW_acc = tl.zeros((BLOCK_C, RP), dtype=ACC)
-        tl.debug_barrier()
-        for kk in range(0, NCHUNK):
-            k = NCHUNK - 1 - kk
-            s = k * CHUNK + ar
-            ms = s < L
-            if REVERSE:
-                pos = L - 1 - s
+        last_col = (ar == CHUNK - 1) & mask_c[:, None]
+        y_off = ((pid_b * E + offs_c) * L)[:, None]  # fp32 scratch (b, E, l): direction 0's y
+        # one code body for both directions (a runtime loop: registers as for one direction); direction 1 is
+        # read from the last token to the first
+        for dr in tl.static_range(NDIR):
+            if dr == 0:
+                u_ptr, su_b, su_c, su_l = u0_ptr, su0_b, su0_c, su0_l
+                dt_ptr, sdt_b, sdt_c, sdt_l = dt0_ptr, sdt0_b, sdt0_c, sdt0_l
+                B_ptr, sB_b, sB_n, sB_l = B0_ptr, sB0_b, sB0_n, sB0_l
+                C_ptr, sC_b, sC_n, sC_l = C0_ptr, sC0_b, sC0_n, sC0_l
+                W_ptr, A_ptr, D_ptr, bias_ptr = W0_ptr, A0_ptr, D0_ptr, bias0_ptr
             else:
-                pos = s
-            m2 = mask_c[:, None] & ms[None, :]
-            u = tl.load(u_ptr + pid_b * su_b + offs_c[:, None] * su_c + pos[None, :] * su_l, mask=m2,
-                        other=0.0).to(ACC)
-            delta, dsp = _load_delta(dt_ptr, sdt_b, sdt_c, sdt_l, W_ptr, bias, pid_b, offs_c, mask_c, pos, ms, m2,
-                                     R, LOW_RANK, HAS_BIAS, SOFTPLUS, BLOCK_C, CHUNK, ACC)
-            dtu = delta * u
-            dout = tl.load(dout_ptr + pid_b * sdo_b + offs_c[:, None] * sdo_c + pos[None, :] * sdo_l, mask=m2,
-                           other=0.0).to(ACC)
-            if HAS_Z:
-                zt = tl.load(z_ptr + pid_b * sz_b + offs_c[:, None] * sz_c + pos[None, :] * sz_l, mask=m2,
-                             other=0.0).to(ACC)
-                sig = tl.sigmoid(zt)
-                dy = dout * scale * zt * sig
-            else:
-                dy = dout * scale
-            du = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
-            ddl = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
-            if HAS_Z or WANT_OZ:
-                y = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
-            for n in range(0, N):
-                A_n = tl.load(A_ptr + offs_c * N + n, mask=mask_c, other=0.0).to(ACC)
-                if A_LOG:
-                    A_n = -tl.exp(A_n)
-                h0 = tl.load(st_ptr + st_c + k * N + n, mask=mask_c, other=0.0)
-                q = tl.load(q_ptr + q_c + ((k + 1) % 2) * N + n, mask=mask_c, other=0.0)
-                Bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + pos * sB_l, mask=ms, other=0.0).to(ACC)
-                Cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + pos * sC_l, mask=ms, other=0.0).to(ACC)
-                a = tl.exp(delta * A_n[:, None])
-                bb = dtu * Bn[None, :]
-                ac, hc = tl.associative_scan((a, bb), 1, _fwd_combine)  # the chunk's states, recomputed
-                h = hc + ac * h0[:, None]
-                ah = h - bb  # a_t h_{t-1}
-                c = Cn[None, :] * dy
-                if HAS_Z or WANT_OZ:
-                    if MASKED:
-                        y += Cn[None, :] * ah
-                    else:
-                        y += Cn[None, :] * h
-                _af, P, F = tl.associative_scan((a, tl.full((BLOCK_C, CHUNK), 1.0, ACC), c), 1, _adj_combine,
-                                                reverse=True)
-                g = F + P * q[:, None]  # dL/dh_t
-                ag = a * g  # a_t g_t: the carry into step t - 1, i.e. the previous chunk's boundary term
-                tl.store(tl.broadcast_to((q_ptr + q_c + (k % 2) * N + n)[:, None], (BLOCK_C, CHUNK)), ag,
-                         mask=first_col)
-                if RESIDUAL:  # h_{-1} = u_0 broadcast: dL/du_0 += sum_n a_0 g_0
-                    du += tl.where((s == 0)[None, :], ag, 0.0)
-                if MASKED:  # the mask removes delta u B.C dy from y: g - C dy is what b_t sees
-                    gm = g - c
-                    dCn = dy * ah
-                else:
-                    gm = g
-                    dCn = dy * h
-                tl.atomic_add(dB_ptr + pid_b * sdB_b + n * sdB_n + pos * sdB_l, tl.sum(dtu * gm, axis=0), mask=ms,
-                              sem="relaxed")
-                tl.atomic_add(dC_ptr + pid_b * sdC_b + n * sdC_n + pos * sdC_l, tl.sum(dCn, axis=0), mask=ms,
-                              sem="relaxed")
-                du += delta * Bn[None, :] * gm
-                ddl += A_n[:, None] * g * ah + u * Bn[None, :] * gm
-                dA_acc += tl.where(offs_n[None, :] == n, tl.sum(g * delta * ah, axis=1)[:, None], 0.0)
-            if HAS_D:
-                if not (MASKED and DROP_D):
-                    du += Dv[:, None] * dy
-                    dD_acc += tl.sum(dy * u, axis=1)
-                    if HAS_Z or WANT_OZ:
-                        y += Dv[:, None] * u
-            ddl = tl.where(m2, ddl * dsp, 0.0)  # d delta_raw
+                u_ptr, su_b, su_c, su_l = u1_ptr, su1_b, su1_c, su1_l
+                dt_ptr, sdt_b, sdt_c, sdt_l = dt1_ptr, sdt1_b, sdt1_c, sdt1_l
+                B_ptr, sB_b, sB_n, sB_l = B1_ptr, sB1_b, sB1_n, sB1_l
+                C_ptr, sC_b, sC_n, sC_l = C1_ptr, sC1_b, sC1_n, sC1_l
+                W_ptr, A_ptr, D_ptr, bias_ptr = W1_ptr, A1_ptr, D1_ptr, bias1_ptr
+            rev = dr == 1
+            res_on = tl.where(dr == 0, RESIDUAL0, RESIDUAL1)
+            mask_on = tl.where(dr == 0, MASKED0, MASKED1)
+            mk = tl.where(mask_on, 1.0, 0.0)  # the backward mask: y_t = C_t . (h_t - b_t) = C_t . (a_t h_{t-1})
+            st_c = ((dr * tl.num_programs(1) + pid_b) * E + offs_c) * NCHUNK * N  # states (ndir, b, E, NCHUNK, N)
+            # h_{-1} = u_0 (the first token of this direction) with the residual start, else 0
+            first = tl.where(rev, L - 1, 0)
+            u0 = tl.load(u_ptr + pid_b * su_b + offs_c * su_c + first * su_l, mask=mask_c & res_on, other=0.0)
+            tl.store(st_ptr + st_c[:, None] + offs_n[None, :], tl.zeros((BLOCK_C, NP), dtype=ACC) + u0.to(ACC)[:, None],
+                     mask=mask_cn)
             if HAS_BIAS:
-                dbias_acc += tl.sum(ddl, axis=1)
-            tl.store(du_ptr + pid_b * sdu_b + offs_c[:, None] * sdu_c + pos[None, :] * sdu_l,
-                     du.to(du_ptr.dtype.element_ty), mask=m2)
-            if LOW_RANK:  # d dt_low = W_dt^T d delta_raw (over the channels), dW_dt = d delta_raw dt_low^T
-                for r in range(0, R):
-                    w = tl.load(W_ptr + offs_c * R + r, mask=mask_c, other=0.0).to(ACC)
-                    dl = tl.load(dt_ptr + pid_b * sdt_b + r * sdt_c + pos * sdt_l, mask=ms, other=0.0).to(ACC)
-                    tl.atomic_add(ddt_ptr + pid_b * sddt_b + r * sddt_c + pos * sddt_l,
-                                  tl.sum(w[:, None] * ddl, axis=0), mask=ms, sem="relaxed")
-                    dW_acc += tl.where(offs_r[None, :] == r, tl.sum(ddl * dl[None, :], axis=1)[:, None], 0.0)
+                bias = tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
             else:
-                tl.store(ddt_ptr + pid_b * sddt_b + offs_c[:, None] * sddt_c + pos[None, :] * sddt_l,
-                         ddl.to(ddt_ptr.dtype.element_ty), mask=m2)
-            if HAS_Z or WANT_OZ:  # dz and out_z need y_0 + y_1: direction 0 leaves y_0 in the fp32 scratch
-                y_off = ((pid_b * E + offs_c) * L)[:, None] + pos[None, :]
-                if Y_OUT:
-                    tl.store(y_ptr + y_off, y, mask=m2)
-                else:
-                    if Y_IN:
-                        y += tl.load(y_ptr + y_off, mask=m2, other=0.0)
+                bias = tl.zeros((BLOCK_C,), dtype=ACC)
+            if HAS_D:
+                Dv = tl.load(D_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+                if DROP_D:
+                    Dv = Dv * (1.0 - mk)
+            tl.debug_barrier()
+            for k in range(0, NCHUNK):
+                s = k * CHUNK + ar
+                ms = s < L
+                pos = tl.where(rev, L - 1 - s, s)
+                m2 = mask_c[:, None] & ms
+                u = tl.load(u_ptr + pid_b * su_b + offs_c[:, None] * su_c + pos * su_l, mask=m2, other=0.0).to(ACC)
+                delta = _load_delta(dt_ptr, sdt_b, sdt_c, sdt_l, W_ptr, bias, pid_b, offs_c, mask_c, pos, ms, m2, R,
+                                    LOW_RANK, HAS_BIAS, SOFTPLUS, BLOCK_C, CHUNK, ACC)
+                dtu = delta * u
+                y = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
+                for n in range(0, N):
+                    A_n = tl.load(A_ptr + offs_c * N + n, mask=mask_c, other=0.0).to(ACC)
+                    if A_LOG:
+                        A_n = -tl.exp(A_n)
+                    h0 = tl.load(st_ptr + st_c + k * N + n, mask=mask_c, other=0.0)
+                    Bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + pos * sB_l, mask=ms, other=0.0).to(ACC)
+                    Cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + pos * sC_l, mask=ms, other=0.0).to(ACC)
+                    a = tl.exp(delta * A_n[:, None])
+                    bb = dtu * Bn
+                    # the chunk's start state enters through its first step: b_0 + a_0 h_{-1}
+                    _ac, h = tl.associative_scan((a, bb + tl.where(ar == 0, a * h0[:, None], 0.0)), 1, _fwd_combine)
+                    if MASKED0 or MASKED1:
+                        y += Cn * (h - mk * bb)
+                    else:
+                        y += Cn * h
+                    # the chunk's end state (padded steps pass it unchanged) starts the next chunk: stored by the
+                    # thread that holds it, published by the barrier at the end of the chunk
+                    if k + 1 < NCHUNK:
+                        tl.store(tl.broadcast_to((st_ptr + st_c + (k + 1) * N + n)[:, None], (BLOCK_C, CHUNK)), h,
+                                 mask=last_col)
+                    else:
+                        if SAVE_LAST:
+                            tl.store(tl.broadcast_to((last_ptr + (pid_b * E + offs_c) * N + n)[:, None],
+                                                     (BLOCK_C, CHUNK)), h, mask=last_col)
+                if HAS_D:
+                    y += Dv[:, None] * u
+                if dr == NDIR - 1:
+                    if dr > 0:
+                        y += tl.load(y_ptr + y_off + pos, mask=m2, other=0.0)
                     y = y * scale
                     if HAS_Z:
-                        dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-                        tl.store(dz_ptr + pid_b * sdz_b + offs_c[:, None] * sdz_c + pos[None, :] * sdz_l,
-                                 dz.to(dz_ptr.dtype.element_ty), mask=m2)
-                        y = y * zt * sig
-                    if WANT_OZ:
-                        tl.store(oz_ptr + pid_b * soz_b + offs_c[:, None] * soz_c + pos[None, :] * soz_l,
-                                 y.to(oz_ptr.dtype.element_ty), mask=m2)
-            tl.debug_barrier()  # publishes the adjoint carries to the program's other threads
-        if A_LOG:  # dL/dA_log = dL/dA * A
-            dA_acc = dA_acc * -tl.exp(tl.load(A_ptr + offs_c[:, None] * N + offs_n[None, :], mask=mask_cn,
-                                              other=0.0).to(ACC))
-        tl.atomic_add(dA_ptr + offs_c[:, None] * N + offs_n[None, :], dA_acc, mask=mask_cn, sem="relaxed")
-        if HAS_D:
-            if not (MASKED and DROP_D):
-                tl.atomic_add(dD_ptr + offs_c, dD_acc, mask=mask_c, sem="relaxed")
-        if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + offs_c, dbias_acc, mask=mask_c, sem="relaxed")
-        if LOW_RANK:
-            tl.atomic_add(dW_ptr + offs_c[:, None] * R + offs_r[None, :], dW_acc,
-                          mask=mask_c[:, None] & (offs_r < R)[None, :], sem="relaxed")
+                        zt = tl.load(z_ptr + pid_b * sz_b + offs_c[:, None] * sz_c + pos * sz_l, mask=m2,
+                                     other=0.0).to(ACC)
+                        y = y * zt * tl.sigmoid(zt)
+                    tl.store(out_ptr + pid_b * so_b + offs_c[:, None] * so_c + pos * so_l,
+                             y.to(out_ptr.dtype.element_ty), mask=m2)
+                else:
+                    tl.store(y_ptr + y_off + pos, y, mask=m2)
+                tl.debug_barrier()  # publishes the chunk-end states (and direction 0's y) to the other threads
 
     @triton.jit
     def _scan_bwd_kernel(
@@ -458,33 +295,183 @@ if triton is not None:
         NDIR: tl.constexpr, RESIDUAL0: tl.constexpr, MASKED0: tl.constexpr, RESIDUAL1: tl.constexpr,
         MASKED1: tl.constexpr, DROP_D: tl.constexpr, LOW_RANK: tl.constexpr, A_LOG: tl.constexpr,
         SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr,
-        WANT_OZ: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr, CHUNK: tl.constexpr,
-        ACC: tl.constexpr,
+        WANT_OZ: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
     ):
         pid_b = tl.program_id(1)
         offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < E
-        _bwd_direction(u0_ptr, su0_b, su0_c, su0_l, dt0_ptr, sdt0_b, sdt0_c, sdt0_l, B0_ptr, sB0_b, sB0_n, sB0_l,
-                       C0_ptr, sC0_b, sC0_n, sC0_l, W0_ptr, A0_ptr, D0_ptr, bias0_ptr,
-                       du0_ptr, sdu0_b, sdu0_c, sdu0_l, ddt0_ptr, sddt0_b, sddt0_c, sddt0_l,
-                       dB0_ptr, sdB0_b, sdB0_n, sdB0_l, dC0_ptr, sdC0_b, sdC0_n, sdC0_l,
-                       dA0_ptr, dD0_ptr, dbias0_ptr, dW0_ptr, z_ptr, sz_b, sz_c, sz_l, dout_ptr, sdo_b, sdo_c, sdo_l,
-                       dz_ptr, sdz_b, sdz_c, sdz_l, oz_ptr, soz_b, soz_c, soz_l, y_ptr, st_ptr, q_ptr,
-                       pid_b, offs_c, mask_c, L, E, N, R, NCHUNK, scale,
-                       False, RESIDUAL0, MASKED0, DROP_D, LOW_RANK, A_LOG, SOFTPLUS, HAS_D, HAS_BIAS, HAS_Z,
-                       False, NDIR == 2, WANT_OZ, BLOCK_C, NP, RP, CHUNK, ACC)
-        if NDIR == 2:
+        ar = tl.arange(0, CHUNK)[None, :]
+        offs_n = tl.arange(0, NP)
+        mask_cn = mask_c[:, None] & (offs_n < N)[None, :]
+        first_col = (ar == 0) & mask_c[:, None]
+        q_c = (pid_b * E + offs_c) * 2 * N  # adjoint carries a_s g_s, double-buffered (b, E, 2, N)
+        y_off = ((pid_b * E + offs_c) * L)[:, None]
+        for dr in tl.static_range(NDIR):
+            if dr == 0:
+                u_ptr, su_b, su_c, su_l = u0_ptr, su0_b, su0_c, su0_l
+                dt_ptr, sdt_b, sdt_c, sdt_l = dt0_ptr, sdt0_b, sdt0_c, sdt0_l
+                B_ptr, sB_b, sB_n, sB_l = B0_ptr, sB0_b, sB0_n, sB0_l
+                C_ptr, sC_b, sC_n, sC_l = C0_ptr, sC0_b, sC0_n, sC0_l
+                W_ptr, A_ptr, D_ptr, bias_ptr = W0_ptr, A0_ptr, D0_ptr, bias0_ptr
+                du_ptr, sdu_b, sdu_c, sdu_l = du0_ptr, sdu0_b, sdu0_c, sdu0_l
+                ddt_ptr, sddt_b, sddt_c, sddt_l = ddt0_ptr, sddt0_b, sddt0_c, sddt0_l
+                dB_ptr, sdB_b, sdB_n, sdB_l = dB0_ptr, sdB0_b, sdB0_n, sdB0_l
+                dC_ptr, sdC_b, sdC_n, sdC_l = dC0_ptr, sdC0_b, sdC0_n, sdC0_l
+                dA_ptr, dD_ptr, dbias_ptr, dW_ptr = dA0_ptr, dD0_ptr, dbias0_ptr, dW0_ptr
+            else:
+                u_ptr, su_b, su_c, su_l = u1_ptr, su1_b, su1_c, su1_l
+                dt_ptr, sdt_b, sdt_c, sdt_l = dt1_ptr, sdt1_b, sdt1_c, sdt1_l
+                B_ptr, sB_b, sB_n, sB_l = B1_ptr, sB1_b, sB1_n, sB1_l
+                C_ptr, sC_b, sC_n, sC_l = C1_ptr, sC1_b, sC1_n, sC1_l
+                W_ptr, A_ptr, D_ptr, bias_ptr = W1_ptr, A1_ptr, D1_ptr, bias1_ptr
+                du_ptr, sdu_b, sdu_c, sdu_l = du1_ptr, sdu1_b, sdu1_c, sdu1_l
+                ddt_ptr, sddt_b, sddt_c, sddt_l = ddt1_ptr, sddt1_b, sddt1_c, sddt1_l
+                dB_ptr, sdB_b, sdB_n, sdB_l = dB1_ptr, sdB1_b, sdB1_n, sdB1_l
+                dC_ptr, sdC_b, sdC_n, sdC_l = dC1_ptr, sdC1_b, sdC1_n, sdC1_l
+                dA_ptr, dD_ptr, dbias_ptr, dW_ptr = dA1_ptr, dD1_ptr, dbias1_ptr, dW1_ptr
+            rev = dr == 1
+            res_on = tl.where(dr == 0, RESIDUAL0, RESIDUAL1)
+            mask_on = tl.where(dr == 0, MASKED0, MASKED1)
+            mk = tl.where(mask_on, 1.0, 0.0)
+            st_c = ((dr * tl.num_programs(1) + pid_b) * E + offs_c) * NCHUNK * N
+            tl.store(q_ptr + q_c[:, None] + (NCHUNK % 2) * N + offs_n[None, :], tl.zeros((BLOCK_C, NP), dtype=ACC),
+                     mask=mask_cn)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+            else:
+                bias = tl.zeros((BLOCK_C,), dtype=ACC)
+            if HAS_D:
+                Dv = tl.load(D_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+                if DROP_D:
+                    Dv = Dv * (1.0 - mk)
+            dD_acc = tl.zeros((BLOCK_C,), dtype=ACC)
+            dbias_acc = tl.zeros((BLOCK_C,), dtype=ACC)
             tl.debug_barrier()
-            _bwd_direction(u1_ptr, su1_b, su1_c, su1_l, dt1_ptr, sdt1_b, sdt1_c, sdt1_l, B1_ptr, sB1_b, sB1_n,
-                           sB1_l, C1_ptr, sC1_b, sC1_n, sC1_l, W1_ptr, A1_ptr, D1_ptr, bias1_ptr,
-                           du1_ptr, sdu1_b, sdu1_c, sdu1_l, ddt1_ptr, sddt1_b, sddt1_c, sddt1_l,
-                           dB1_ptr, sdB1_b, sdB1_n, sdB1_l, dC1_ptr, sdC1_b, sdC1_n, sdC1_l,
-                           dA1_ptr, dD1_ptr, dbias1_ptr, dW1_ptr, z_ptr, sz_b, sz_c, sz_l, dout_ptr, sdo_b, sdo_c,
-                           sdo_l, dz_ptr, sdz_b, sdz_c, sdz_l, oz_ptr, soz_b, soz_c, soz_l, y_ptr,
-                           st_ptr + NCHUNK * N * E * tl.num_programs(1), q_ptr,
-                           pid_b, offs_c, mask_c, L, E, N, R, NCHUNK, scale,
-                           True, RESIDUAL1, MASKED1, DROP_D, LOW_RANK, A_LOG, SOFTPLUS, HAS_D, HAS_BIAS, HAS_Z,
-                           True, False, WANT_OZ, BLOCK_C, NP, RP, CHUNK, ACC)
+            # chunks in reverse scan order: the adjoint runs from the direction's last step to its first
+            for kk in range(0, NCHUNK):
+                k = NCHUNK - 1 - kk
+                s = k * CHUNK + ar
+                ms = s < L
+                pos = tl.where(rev, L - 1 - s, s)
+                m2 = mask_c[:, None] & ms
+                u = tl.load(u_ptr + pid_b * su_b + offs_c[:, None] * su_c + pos * su_l, mask=m2, other=0.0).to(ACC)
+                delta = _load_delta(dt_ptr, sdt_b, sdt_c, sdt_l, W_ptr, bias, pid_b, offs_c, mask_c, pos, ms, m2, R,
+                                    LOW_RANK, HAS_BIAS, SOFTPLUS, BLOCK_C, CHUNK, ACC)
+                dout = tl.load(dout_ptr + pid_b * sdo_b + offs_c[:, None] * sdo_c + pos * sdo_l, mask=m2,
+                               other=0.0).to(ACC)
+                if HAS_Z:
+                    zt = tl.load(z_ptr + pid_b * sz_b + offs_c[:, None] * sz_c + pos * sz_l, mask=m2,
+                                 other=0.0).to(ACC)
+                    dy = dout * scale * zt * tl.sigmoid(zt)
+                else:
+                    dy = dout * scale
+                dtu = delta * u  # u itself is reloaded after the state loop (fewer registers live across it)
+                # sums over the states: wsum = sum_n B gm (du = delta wsum, ddelta = u wsum + vsum),
+                # vsum = sum_n A g a h_{t-1}; du0 the residual start's term
+                wsum = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
+                vsum = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
+                if RESIDUAL0 or RESIDUAL1:
+                    du0 = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
+                if HAS_Z or WANT_OZ:
+                    y = tl.zeros((BLOCK_C, CHUNK), dtype=ACC)
+                for n in range(0, N):
+                    A_n = tl.load(A_ptr + offs_c * N + n, mask=mask_c, other=0.0).to(ACC)
+                    if A_LOG:
+                        A_n = -tl.exp(A_n)
+                    h0 = tl.load(st_ptr + st_c + k * N + n, mask=mask_c, other=0.0)
+                    q = tl.load(q_ptr + q_c + ((k + 1) % 2) * N + n, mask=mask_c, other=0.0)
+                    Bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + pos * sB_l, mask=ms, other=0.0).to(ACC)
+                    Cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + pos * sC_l, mask=ms, other=0.0).to(ACC)
+                    a = tl.exp(delta * A_n[:, None])
+                    bb = dtu * Bn
+                    ac, hc = tl.associative_scan((a, bb), 1, _fwd_combine)  # the chunk's states, recomputed
+                    h = hc + ac * h0[:, None]
+                    ah = h - bb  # a_t h_{t-1}
+                    c = Cn * dy
+                    if MASKED0 or MASKED1:
+                        hm = h - mk * bb  # what C_t multiplies in y_t (a_t h_{t-1} when masked)
+                    else:
+                        hm = h
+                    if HAS_Z or WANT_OZ:
+                        y += Cn * hm
+                    # dC now: h is dead during the reverse scan (fewer registers)
+                    tl.atomic_add(dC_ptr + pid_b * sdC_b + n * sdC_n + pos * sdC_l,
+                                  tl.sum(dy * hm, axis=0, keep_dims=True), mask=ms, sem="relaxed")
+                    _af, P, F = tl.associative_scan((a, tl.full((BLOCK_C, CHUNK), 1.0, ACC), c), 1, _adj_combine,
+                                                    reverse=True)
+                    g = F + P * q[:, None]  # dL/dh_t
+                    ag = a * g  # a_t g_t: the carry into step t - 1 (the previous chunk's boundary term)
+                    tl.store(tl.broadcast_to((q_ptr + q_c + (k % 2) * N + n)[:, None], (BLOCK_C, CHUNK)), ag,
+                             mask=first_col)
+                    if RESIDUAL0 or RESIDUAL1:  # h_{-1} = u_0 broadcast: dL/du_0 += sum_n a_0 g_0
+                        du0 += tl.where((s == 0) & res_on, ag, 0.0)
+                    if MASKED0 or MASKED1:  # the mask removes delta u B.C dy from y: b_t sees g - C dy
+                        gm = g - mk * c
+                    else:
+                        gm = g
+                    tl.atomic_add(dB_ptr + pid_b * sdB_b + n * sdB_n + pos * sdB_l,
+                                  tl.sum(dtu * gm, axis=0, keep_dims=True), mask=ms, sem="relaxed")
+                    wsum += Bn * gm
+                    vsum += A_n[:, None] * g * ah
+                    # dA: summed over the chunk here, over chunks and batch rows by atomics (b x chunks per address)
+                    dA_n = tl.sum(g * delta * ah, axis=1)
+                    if A_LOG:  # dL/dA_log = dL/dA * A
+                        dA_n = dA_n * A_n
+                    tl.atomic_add(dA_ptr + offs_c * N + n, dA_n, mask=mask_c, sem="relaxed")
+                u = tl.load(u_ptr + pid_b * su_b + offs_c[:, None] * su_c + pos * su_l, mask=m2, other=0.0).to(ACC)
+                du = delta * wsum
+                ddl = vsum + u * wsum
+                if RESIDUAL0 or RESIDUAL1:
+                    du += du0
+                if HAS_D:
+                    du += Dv[:, None] * dy
+                    if DROP_D:
+                        dD_acc += tl.sum(dy * u, axis=1) * (1.0 - mk)
+                    else:
+                        dD_acc += tl.sum(dy * u, axis=1)
+                    if HAS_Z or WANT_OZ:
+                        y += Dv[:, None] * u
+                if SOFTPLUS:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)) (Taylor where that cancels)
+                    ddl = ddl * tl.where(delta < 0.03, delta * (1.0 - delta * (0.5 - delta * (1.0 / 6.0))),
+                                         1.0 - tl.exp(-delta))
+                ddl = tl.where(m2, ddl, 0.0)  # d delta_raw
+                if HAS_BIAS:
+                    dbias_acc += tl.sum(ddl, axis=1)
+                tl.store(du_ptr + pid_b * sdu_b + offs_c[:, None] * sdu_c + pos * sdu_l,
+                         du.to(du_ptr.dtype.element_ty), mask=m2)
+                if LOW_RANK:  # d dt_low = W_dt^T d delta_raw (over the channels), dW_dt = d delta_raw dt_low^T
+                    for r in range(0, R):
+                        w = tl.load(W_ptr + offs_c * R + r, mask=mask_c, other=0.0).to(ACC)
+                        dl = tl.load(dt_ptr + pid_b * sdt_b + r * sdt_c + pos * sdt_l, mask=ms, other=0.0).to(ACC)
+                        tl.atomic_add(ddt_ptr + pid_b * sddt_b + r * sddt_c + pos * sddt_l,
+                                      tl.sum(w[:, None] * ddl, axis=0, keep_dims=True), mask=ms, sem="relaxed")
+                        tl.atomic_add(dW_ptr + offs_c * R + r, tl.sum(ddl * dl, axis=1), mask=mask_c, sem="relaxed")
+                else:
+                    tl.store(ddt_ptr + pid_b * sddt_b + offs_c[:, None] * sddt_c + pos * sddt_l,
+                             ddl.to(ddt_ptr.dtype.element_ty), mask=m2)
+                if HAS_Z or WANT_OZ:  # dz and out_z need y_0 + y_1: direction 0 leaves y_0 in the fp32 scratch
+                    if dr == NDIR - 1:
+                        if dr > 0:
+                            y += tl.load(y_ptr + y_off + pos, mask=m2, other=0.0)
+                        y = y * scale
+                        if HAS_Z:  # z again (a cache hit): fewer registers live across the state loop
+                            zt = tl.load(z_ptr + pid_b * sz_b + offs_c[:, None] * sz_c + pos * sz_l, mask=m2,
+                                         other=0.0).to(ACC)
+                            sig = tl.sigmoid(zt)
+                            dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
+                            tl.store(dz_ptr + pid_b * sdz_b + offs_c[:, None] * sdz_c + pos * sdz_l,
+                                     dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                            y = y * zt * sig
+                        if WANT_OZ:
+                            tl.store(oz_ptr + pid_b * soz_b + offs_c[:, None] * soz_c + pos * soz_l,
+                                     y.to(oz_ptr.dtype.element_ty), mask=m2)
+                    else:
+                        tl.store(y_ptr + y_off + pos, y, mask=m2)
+                tl.debug_barrier()  # publishes the adjoint carries (and direction 0's y) to the other threads
+            if HAS_D:
+                tl.atomic_add(dD_ptr + offs_c, dD_acc, mask=mask_c, sem="relaxed")
+            if HAS_BIAS:
+                tl.atomic_add(dbias_ptr + offs_c, dbias_acc, mask=mask_c, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -724,7 +711,7 @@ def _backward(p, dout, states, *, softplus, drop_D, scale, want_out_z, dest, til
         *_dir_args(p, 0), *grads(0), *_dir_args(p, j), *grads(j), zz, *zz.stride(), dout, *dout.stride(),
         dzz, *dzz.stride(), ozz, *ozz.stride(), ybuf, states, qbuf, l, E, N, R, nchunk, float(scale),
         **_flags(p, drop_D, softplus), WANT_OZ=bool(want_out_z), BLOCK_C=bd, NP=triton.next_power_of_2(N),
-        RP=triton.next_power_of_2(R), CHUNK=chunk, ACC=_tl_acc(ct), num_warps=tile["num_warps"],
+        CHUNK=chunk, ACC=_tl_acc(ct), num_warps=tile["num_warps"],
     )
     res = {}
     for name in _GRAD_NAMES:
