@@ -257,12 +257,11 @@ if triton is not None:
                     # the chunk's end state (padded steps pass it unchanged) starts the next chunk: stored by the
                     # thread that holds it, published by the barrier at the end of the chunk
                     if k + 1 < NCHUNK:
-                        tl.store(tl.broadcast_to((st_ptr + st_c + (k + 1) * N + n)[:, None], (BLOCK_C, CHUNK)), h,
+                        tl.store((st_ptr + st_c + (k + 1) * N + n)[:, None] + 0 * ar, h,
                                  mask=last_col)
                     else:
                         if SAVE_LAST:
-                            tl.store(tl.broadcast_to((last_ptr + (pid_b * E + offs_c) * N + n)[:, None],
-                                                     (BLOCK_C, CHUNK)), h, mask=last_col)
+                            tl.store((last_ptr + (pid_b * E + offs_c) * N + n)[:, None] + 0 * ar, h, mask=last_col)
                 if HAS_D:
                     y += Dv[:, None] * u
                 if dr == NDIR - 1:
@@ -401,7 +400,7 @@ if triton is not None:
                                                     reverse=True)
                     g = F + P * q[:, None]  # dL/dh_t
                     ag = a * g  # a_t g_t: the carry into step t - 1 (the previous chunk's boundary term)
-                    tl.store(tl.broadcast_to((q_ptr + q_c + (k % 2) * N + n)[:, None], (BLOCK_C, CHUNK)), ag,
+                    tl.store((q_ptr + q_c + (k % 2) * N + n)[:, None] + 0 * ar, ag,
                              mask=first_col)
                     if RESIDUAL0 or RESIDUAL1:  # h_{-1} = u_0 broadcast: dL/du_0 += sum_n a_0 g_0
                         du0 += tl.where((s == 0) & res_on, ag, 0.0)

@@ -326,7 +326,7 @@ def test_every_table_tile_on_gpu():
 # ----------------------------------------------------------------------------------------------------
 # the fused mixer's kernel API (bi_scan_fwd / bi_scan_bwd) vs its executable spec (bi_scan_fwd_ref / bi_scan_bwd_ref)
 
-TINY = dict(block_d=2, chunk=4, num_warps=1)  # 3 channels -> 2 channel blocks; l = 11 -> 3 chunks per direction
+TINY = dict(block_d=1, chunk=4, num_warps=1)  # the shipped one channel per program; l = 11 -> 3 chunks per direction
 
 
 def _api_inputs(b, E, N, l, R, ndir, *, low_rank, a_log, gate, hasD=True, seed=0, dtype=torch.float32):
