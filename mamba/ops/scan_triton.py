@@ -25,9 +25,11 @@ second exp); ``a_t h_{t-1} = h_t - b_t`` gives the carried state without a shift
 ``d(dt_low) = W_dt^T ddelta`` (shared by all channels of a batch row) are summed over the program's channels in
 registers and added with relaxed fp32 atomics into caller-zeroed buffers (any strides: the rows of the x_proj
 output gradient); dA, dD, d(dt_bias), dW_dt are reduced over steps in registers and over the batch with
-atomics. Registers: the backward holds ~8 live ``(block_d, steps per thread)`` tensors across the state loop and
-~8 inside it, so ``block_d x steps per thread`` <= 8 keeps it under 128 registers (>= 16 resident warps per SM:
-``tests/ops/test_scan_triton_aot.py`` checks it with ptxas for sm_80 / sm_90, and 0 spills, without a GPU).
+atomics. Tiles: chunk 2048 on 16 warps for long clips (4 steps per thread; 14 chunk iterations and 3,072 programs
+at Ti 64 frames, batch 8); Triton's scan lays a thread's steps out strided (one warp scan per step it holds).
+Registers (ptxas, sm_80 / sm_90, ``tests/ops/test_scan_triton_aot.py``): forward 70-110, no spills; backward
+~110-170 almost independent of the steps per thread (addresses and scalars), so at 16 warps it is capped at 128
+(one 16-warp program per SM: 16 resident warps) and its mask + gate + out_z variants spill 8-60 bytes (open).
 
 Limits: grouped B/C ``(b, g, n, l)`` with g > 1 is rejected (use the torch backend); fp64 inputs are computed in
 fp64 (the interpreter and gradcheck). On CPU the kernels run only through Triton's interpreter: set
