@@ -89,8 +89,8 @@ def tile_str(t):
     return f"{t['block_d']},{t['chunk']},{t['num_warps']}"
 
 
-# candidates around the table: fewer / more channels per program, shorter / longer chunks, more warps
-SWEEP_EXTRA = ("4,16,4", "16,16,8", "8,8,4", "16,8,4", "8,32,8", "4,32,8", "8,16,8")
+# candidates around the table: two channels per program, shorter / longer chunks, fewer / more warps
+SWEEP_EXTRA = ("1,2048,8", "2,2048,16", "1,4096,16", "1,1024,8", "1,1024,4", "2,512,8", "1,512,4")
 CPU_SWEEP_TILES = ("4,4,1", "8,8,1")  # the interpreter: tiny tiles beside the table's tile
 
 
@@ -353,7 +353,7 @@ def _jit_usage(tile):
                 for ck in cache[0].values():
                     names = ck.src.fn.arg_names
                     const = {names[k[0]]: v for k, v in ck.src.constants.items()}
-                    if (const.get("BLOCK_D"), const.get("CHUNK"), ck.metadata.num_warps) == (
+                    if (const.get("BLOCK_C"), const.get("CHUNK"), ck.metadata.num_warps) == (
                             tile["block_d"], tile["chunk"], tile["num_warps"]):
                         ck._init_handles()
                         regs.append(ck.n_regs)

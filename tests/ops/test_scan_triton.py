@@ -25,6 +25,8 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 import mamba.ops.scan_triton as st  # noqa: E402
 from mamba.ops.backend import set_scan_backend  # noqa: E402
 from mamba.ops.selective_scan import (  # noqa: E402
+    bi_scan_bwd_ref,
+    bi_scan_fwd_ref,
     bi_selective_scan_fn,
     bi_selective_scan_ref,
     selective_scan_fn,
@@ -45,16 +47,18 @@ def _needs_in_process(request):
 
 
 @pytest.mark.skipif(IN_PROCESS, reason="the tests ran in this process")
-def test_rerun_in_fresh_process():
+def test_rerun_in_fresh_process(request):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    markexpr = request.config.getoption("markexpr") or ""  # the same selection (-m "not slow") in the child
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(["-m", markexpr] if markexpr
+                        else []), os.path.abspath(__file__)], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=3600)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
 
 
 DEV = "cuda" if HAS_CUDA else "cpu"
-SMALL = dict(block_d=4, chunk=4)  # 5 channels -> 2 channel blocks; l=11 -> 3 chunks
+SMALL = dict(block_d=4, chunk=4, num_warps=1)  # 5 channels -> 2 channel blocks; l=11 -> 3 chunks
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
 
@@ -92,9 +96,12 @@ CASES = [  # (l, D, z, bias, softplus)
 ]
 
 
-@pytest.mark.parametrize("residual", [False, True])
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("l,hasD,hasz,hasbias,softplus", CASES)
+_SINGLE = [(r, m, *c) for r in (False, True) for m in (False, True) for c in CASES]
+_SINGLE_DEFAULT = {(True, True, 11), (False, False, 7), (True, False, 1), (False, True, 2)}  # (residual, masked, l)
+
+
+@pytest.mark.parametrize("residual,masked,l,hasD,hasz,hasbias,softplus", [
+    pytest.param(*c, marks=() if (c[0], c[1], c[2]) in _SINGLE_DEFAULT else pytest.mark.slow) for c in _SINGLE])
 def test_single_direction_matches_reference(residual, masked, l, hasD, hasz, hasbias, softplus):
     x = _inputs(2, 5, 3, l, D=hasD, z=hasz, bias=hasbias, seed=l)
     kw = dict(residual=residual, masked=masked)
@@ -314,3 +321,203 @@ def test_every_table_tile_on_gpu():
         for k in gr:
             scale = gr[k].float().abs().max().clamp_min(1.0)
             assert (g[k].float() - gr[k].float()).abs().max() <= 0.5 * scale, (tile, k)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the fused mixer's kernel API (bi_scan_fwd / bi_scan_bwd) vs its executable spec (bi_scan_fwd_ref / bi_scan_bwd_ref)
+
+TINY = dict(block_d=1, chunk=4, num_warps=1)  # the shipped one channel per program; l = 11 -> 3 chunks per direction
+
+
+def _api_inputs(b, E, N, l, R, ndir, *, low_rank, a_log, gate, hasD=True, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEV)
+
+    def act(*shape, scale=1.0):  # activations in the scan input dtype; parameters stay fp32
+        return r(*shape, scale=scale).to(dtype)
+
+    A = [torch.log(torch.rand(E, N, generator=g) + 0.2).to(DEV) if a_log else -(torch.rand(E, N, generator=g) + 0.2)
+         .to(DEV) for _ in range(ndir)]
+    x = dict(u=[act(b, E, l) for _ in range(ndir)],
+             dt=[act(b, R, l, scale=0.5) if low_rank else act(b, E, l, scale=0.5) for _ in range(ndir)],
+             A=A, B=[act(b, N, l) for _ in range(ndir)], C=[act(b, N, l) for _ in range(ndir)],
+             D=[r(E) if hasD else None for _ in range(ndir)], dt_bias=[r(E, scale=0.3) for _ in range(ndir)])
+    x["D"][-1] = None if ndir == 2 and hasD == "first" else x["D"][-1]  # D on one direction only
+    z = act(b, E, l) if gate else None
+    W = [r(E, R, scale=0.5) for _ in range(ndir)] if low_rank else None
+    return x, z, W
+
+
+def _as_ref(x, z, W):
+    """fp32 copies (the reference on the same rounded inputs: only accumulation order and output rounding differ)."""
+    def f(X):
+        return None if X is None else X.float()
+    return {k: [f(X) for X in v] for k, v in x.items()}, f(z), None if W is None else [f(X) for X in W]
+
+
+def _check_api(x, z, W, flags, tol, *, want_out_z=True):
+    """bi_scan_fwd / bi_scan_bwd (states saved by the forward) vs the references: the output and every gradient."""
+    args = (x["u"], x["dt"], x["A"], x["B"], x["C"], x["D"], x["dt_bias"])
+    xr, zr, Wr = _as_ref(x, z, W)
+    rargs = (xr["u"], xr["dt"], xr["A"], xr["B"], xr["C"], xr["D"], xr["dt_bias"])
+    out, states = st.bi_scan_fwd(*args, z, W_dt=W, save_states=True, **flags)
+    ref = bi_scan_fwd_ref(*rargs, zr, W_dt=Wr, **flags)
+    assert out.dtype == x["u"][0].dtype
+    torch.testing.assert_close(out.float(), ref, **tol)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(99)).to(DEV)
+    g = st.bi_scan_bwd(*args, z, dout.to(out.dtype), W_dt=W, states=states, want_out_z=want_out_z, **flags)
+    gr = bi_scan_bwd_ref(*rargs, zr, dout.to(out.dtype).float(), W_dt=Wr, want_out_z=want_out_z, **flags)
+    assert set(g) == set(gr)
+    for k, ref_v in gr.items():
+        got = g[k]
+        if ref_v is None or got is None:
+            assert ref_v is None and got is None, k
+            continue
+        pairs = zip(got, ref_v) if isinstance(ref_v, tuple) else [(got, ref_v)]
+        for i, (a, b) in enumerate(pairs):
+            if b is None or a is None:
+                assert a is None and b is None, (k, i)
+                continue
+            scale = b.abs().max().clamp_min(1.0)
+            err = (a.float() - b.float()).abs().max()
+            assert err <= tol["atol"] * scale, f"{k}[{i}]: max error {err:.3g} (scale {scale:.3g})"
+    return g
+
+
+FP32 = dict(atol=2e-5, rtol=2e-5)
+BF16 = dict(atol=3e-2, rtol=3e-2)
+_VMP = dict(residual=(True, True), masked=(False, True), drop_D=False, scale=1.0)
+
+
+@pytest.mark.parametrize("low_rank,a_log,gate,flags", [
+    (True, True, True, _VMP),  # the VideoMambaPro mixer: W_dt @ dt_low, A_log, gate, out_z
+    (True, True, False, dict(residual=(False, False), masked=(False, False), drop_D=False, scale=0.5)),  # VideoMamba
+    (False, False, True, dict(residual=(False, True), masked=(True, False), drop_D=True, scale=1.0)),  # mixed
+])
+def test_mixer_api_matches_reference(low_rank, a_log, gate, flags):
+    x, z, W = _api_inputs(2, 3, 3, 11, 2, 2, low_rank=low_rank, a_log=a_log, gate=gate, seed=1)
+    with st.triton_scan_config(**TINY):
+        _check_api(x, z, W, flags, FP32)
+
+
+def test_mixer_api_bf16_one_direction():
+    x, z, W = _api_inputs(1, 3, 3, 9, 2, 1, low_rank=True, a_log=True, gate=True, seed=2, dtype=torch.bfloat16)
+    with st.triton_scan_config(**TINY):
+        _check_api(x, z, W, dict(residual=(True,), masked=(True,), drop_D=False, scale=1.0), BF16)
+
+
+_FULL = [dict(ndir=nd, low_rank=lr, a_log=al, gate=gt, residual=res, masked=msk, drop_D=drop, dtype=dt)
+         for nd in (1, 2) for lr in (False, True) for al in (False, True) for gt in (False, True)
+         for res in (False, True) for msk in (False, True) for drop in ((False, True) if msk else (False,))
+         for dt in ("fp32", "bf16")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _FULL, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_mixer_api_every_flag_combination(case):
+    """Every flag (ndir x delta-as-tensor / low-rank x A / A_log x gate x residual x mask x mask_drops_D, the
+    second direction the flags' opposite where two) in fp32 and bf16, l = 11 (3 chunks of 4, the last partial)."""
+    nd = case["ndir"]
+    dtype = torch.float32 if case["dtype"] == "fp32" else torch.bfloat16
+    x, z, W = _api_inputs(2, 3, 3, 11, 2, nd, low_rank=case["low_rank"], a_log=case["a_log"], gate=case["gate"],
+                          hasD="first" if case["drop_D"] else True, seed=len(_FULL), dtype=dtype)
+    res, msk = (case["residual"], not case["residual"]), (case["masked"], True)
+    flags = dict(residual=res[:nd], masked=msk[:nd], drop_D=case["drop_D"], scale=0.5 if case["gate"] else 1.0)
+    with st.triton_scan_config(**TINY):
+        _check_api(x, z, W, flags, FP32 if dtype == torch.float32 else BF16)
+
+
+def test_mixer_api_destinations_are_written_and_accumulated():
+    """Feature-major destinations (rows of one (channels, b * l) buffer, as the mixer's gradient buffers): du / dz /
+    out_z written in place; dB / dC / d(dt_low) / parameter gradients ADDED to what the buffers hold; the result
+    holds the destinations themselves. Without saved states the backward reruns the forward (same gradients)."""
+    b, E, N, l, R = 2, 3, 3, 7, 2
+    x, z, W = _api_inputs(b, E, N, l, R, 2, low_rank=True, a_log=True, gate=True, seed=3)
+    M = b * l
+
+    def rows(buf):
+        return buf.view(buf.shape[0], b, l).permute(1, 0, 2)
+
+    ddbc = torch.full((2, R + 2 * N, M), 0.25, device=DEV)  # pre-filled: the kernel must add to it
+    dxz = torch.zeros(2 * E, M, device=DEV, dtype=torch.bfloat16)
+    du = torch.zeros(2, E, M, device=DEV)
+    out_z = torch.zeros(E, M, device=DEV)
+    dA = [torch.ones(E, N, device=DEV) for _ in range(2)]
+    args = (x["u"], x["dt"], x["A"], x["B"], x["C"], x["D"], x["dt_bias"], z)
+    with st.triton_scan_config(**TINY):
+        y = torch.zeros(E, M, device=DEV)
+        out, states = st.bi_scan_fwd(*args, W_dt=W, a_log=True, out=rows(y), save_states=True)
+        assert out.data_ptr() == y.data_ptr() and out.stride() == (l, M, 1)
+        dout = torch.randn(b, E, l, generator=torch.Generator().manual_seed(5)).to(DEV)
+        g = st.bi_scan_bwd(*args, dout, W_dt=W, a_log=True, states=states, want_out_z=True,
+                           du=[rows(du[i]) for i in range(2)], ddt=[rows(ddbc[i, :R]) for i in range(2)],
+                           dB=[rows(ddbc[i, R:R + N]) for i in range(2)], dC=[rows(ddbc[i, R + N:]) for i in range(2)],
+                           dA=dA, dz=rows(dxz[E:]), out_z=rows(out_z))
+        g2 = st.bi_scan_bwd(*args, dout, W_dt=W, a_log=True, want_out_z=True)  # states recomputed
+    gr = bi_scan_bwd_ref(*args, dout, W_dt=W, a_log=True, want_out_z=True)
+    torch.testing.assert_close(out, gr["out_z"], **FP32)
+    for i in range(2):
+        assert g["du"][i].data_ptr() == du[i].data_ptr()
+        torch.testing.assert_close(du[i], gr["du"][i].permute(1, 0, 2).reshape(E, M), **FP32)
+        for name, sl in (("ddt", slice(0, R)), ("dB", slice(R, R + N)), ("dC", slice(R + N, None))):
+            torch.testing.assert_close(ddbc[i, sl], 0.25 + gr[name][i].permute(1, 0, 2).reshape(-1, M), **FP32)
+        torch.testing.assert_close(dA[i], 1.0 + gr["dA"][i], **FP32)
+        for k in ("du", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dW_dt"):
+            torch.testing.assert_close(g2[k][i], gr[k][i], **FP32)
+    torch.testing.assert_close(dxz[E:].float(), gr["dz"].permute(1, 0, 2).reshape(E, M), atol=2e-2, rtol=2e-2)
+    assert not dxz[:E].any()  # the x half of the in_proj gradient is not touched
+    torch.testing.assert_close(out_z, gr["out_z"].permute(1, 0, 2).reshape(E, M), **FP32)
+
+
+def test_mixer_api_rejects_bad_arguments():
+    x, z, W = _api_inputs(1, 3, 3, 5, 2, 2, low_rank=True, a_log=True, gate=False, seed=4)
+    args = (x["u"], x["dt"], x["A"], x["B"], x["C"], x["D"], x["dt_bias"], z)
+    with pytest.raises(ValueError, match=r"dt\[0\] must be \(b, R, l\)"):
+        st.bi_scan_fwd(x["u"], [x["u"][0], x["u"][1]], *args[2:], W_dt=W)
+    with pytest.raises(ValueError, match="one entry per direction"):
+        st.bi_scan_fwd(x["u"], x["dt"][:1], *args[2:], W_dt=W)
+    with st.triton_scan_config(**TINY):
+        _, states = st.bi_scan_fwd(*args, W_dt=W, save_states=True)
+        dout = torch.zeros(1, 3, 5, device=DEV)
+        with pytest.raises(ValueError, match="accumulated into"):
+            st.bi_scan_bwd(*args, dout, W_dt=W, states=states, dB=[torch.zeros(1, 3, 5, dtype=torch.bfloat16)] * 2)
+        with pytest.raises(ValueError, match="states must be the forward's"):
+            st.bi_scan_bwd(*args, dout, W_dt=W, states=states[:, :, :2])
+
+
+def test_launch_plan_at_ti_64_frames():
+    """The real host code at the Ti 64-frame training shape (b = 8, E = 384, l = 12,545, bf16, the mixer's layout),
+    with the kernels replaced by recorders on meta tensors: one forward and one backward launch per layer, each
+    with >= 1,056 programs and <= 16 sequential chunk iterations; scan_launch_plan says the same."""
+    b, E, N, l, R = 8, 384, 16, 1 + 196 * 64, 12
+    plan = st.scan_launch_plan(b, E, l)
+    assert plan["programs"] >= 1056 and plan["chunk_iterations"] <= 16, plan
+    assert plan["launches"] == dict(fwd=1, bwd=1)
+    M = b * l
+
+    def rows(c, dt=torch.bfloat16):
+        return torch.empty(c, M, device="meta", dtype=dt).view(c, b, l).permute(1, 0, 2)
+
+    u, dt, B, C = ([rows(c) for _ in range(2)] for c in (E, R, N, N))
+    par = [torch.empty(E, device="meta") for _ in range(2)]
+    A, W = [torch.empty(E, N, device="meta")] * 2, [torch.empty(E, R, device="meta")] * 2
+    from mamba.ops import triton_aot
+
+    with triton_aot.recording(st) as calls:
+        out, states = st.bi_scan_fwd(u, dt, A, B, C, par, par, rows(E), W_dt=W, a_log=True, save_states=True)
+        st.bi_scan_bwd(u, dt, A, B, C, par, par, rows(E), out, W_dt=W, a_log=True, states=states, want_out_z=True)
+    assert [triton_aot.kernel_name(k) for k, *_ in calls] == ["_scan_fwd_kernel", "_scan_bwd_kernel"]
+    for call in calls:
+        lp = st.launch_plan(*call)
+        assert (lp["programs"], lp["chunk_iterations"]) == (plan["programs"], plan["chunk_iterations"]), lp
+    # saved for the backward: the fp32 chunk-boundary states only, ~27 B per token per layer
+    assert states.dtype == torch.float32 and states.shape == (2, b, E, plan["chunks_per_direction"], N)
+    assert states.numel() * 4 / (b * l) <= 32
+
+
+def test_scan_launch_plan_follows_the_tile():
+    with st.triton_scan_config(block_d=2, chunk=1024, num_warps=8):
+        p = st.scan_launch_plan(2, 384, 1569, ndir=2)
+    assert (p["programs"], p["chunks_per_direction"], p["chunk_iterations"], p["grid"]) == (384, 2, 4, (192, 2))
