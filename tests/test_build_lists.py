@@ -267,6 +267,9 @@ def test_coin_json(clips, tmp_path):
     assert not os.path.exists(tmp_path / "none" / "train.csv")
     assert "vid_d.mp4\tunreadable: zero-byte file" in read(tmp_path / "none" / "build_report.txt")
     put(clips, v, "1/vid_a.mp4")
+    res = run(bl.parse_coin(str(tmp_path / "COIN.json")), v, tmp_path / "unprobed", dataset="coin", probe=False)
+    assert read(res["lists"]["train"]) == "1/vid_a.mp4,1\n0/vid_d.mp4,0\n"  # --no_probe lists the empty file
+    assert "NOT probed (--no_probe)" in read(res["report"])
     put(clips, v, "0/vid_d.mp4")
     res = run(bl.parse_coin(str(tmp_path / "COIN.json")), v, tmp_path / "l", dataset="coin")
     assert read(res["labels"]) == "ArcWeld\nAssembleBed\n"
