@@ -2,12 +2,13 @@
 
 Every failure (missing file, zero-byte or truncated mp4, no video stream, zero frames, unreadable JPEG)
 becomes :class:`VideoReadError` carrying the file name and the reason, so the datasets can count, log and
-replace (train) or report (val/test) it. decord and av are imported lazily.
+replace (train) or report (val/test) it. decord and av are imported lazily. :func:`probe_video` and
+:func:`probe_rawframes` check a file the same way before it is listed (scripts/build_lists.py, prepare_videos.py).
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -172,3 +173,40 @@ def read_rawframes(folder: str, indices: Sequence[int], filename_tmpl: str = "im
         raise VideoReadError(folder, f"frames have different sizes {sorted(shapes)}")
     return np.stack(out)
 
+
+
+class Probe(NamedTuple):
+    """What a probe found in a readable video or frame folder."""
+
+    frames: int
+    height: int
+    width: int
+
+
+def probe_video(path: str, reader: str = "decord") -> Probe:
+    """Open ``path`` as the training loader does (:func:`open_video`) and decode its first and last frame, which
+    catches truncated files whose header still counts the lost frames. Raises VideoReadError with the reason."""
+    video = open_video(path, reader)
+    n = len(video)
+    frames = video.get([0, n - 1] if n > 1 else [0])
+    return Probe(n, int(frames.shape[1]), int(frames.shape[2]))
+
+
+def count_rawframes(folder: str, filename_tmpl: str = "img_{:05}.jpg", start_idx: int = 1) -> int:
+    """Number of consecutive frames ``filename_tmpl.format(start_idx + i)`` in ``folder`` from i = 0."""
+    if not os.path.isdir(folder):
+        raise VideoReadError(folder, "frame folder not found")
+    names = set(os.listdir(folder))
+    n = 0
+    while filename_tmpl.format(start_idx + n) in names:
+        n += 1
+    return n
+
+
+def probe_rawframes(folder: str, filename_tmpl: str = "img_{:05}.jpg", start_idx: int = 1) -> Probe:
+    """Count a frame folder's consecutive frames and decode the first and last (:func:`read_rawframes`)."""
+    n = count_rawframes(folder, filename_tmpl, start_idx)
+    if n == 0:
+        raise VideoReadError(folder, f"no frame {filename_tmpl.format(start_idx)}")
+    frames = read_rawframes(folder, [0, n - 1] if n > 1 else [0], filename_tmpl, start_idx)
+    return Probe(n, int(frames.shape[1]), int(frames.shape[2]))

@@ -33,7 +33,7 @@ from .checkpoint import (  # noqa: E402
     resize_temporal_embedding,
     strip_prefixes,
 )
-from .zoo import HUB_REPO, ZOO  # noqa: E402
+from .zoo import HUB_REPO, WEIGHTS_LICENSE_NOTE, ZOO  # noqa: E402
 
 __all__ = ["VideoMambaPro", "Block", "PatchEmbed", "checkpoint_filter_fn", "MODEL_SIZES", "PRO_OPTIONS"]
 
@@ -349,8 +349,8 @@ def _zoo_cfg(e):
     """The pretrained cfg of a released VideoMamba checkpoint (models.zoo.ZOO): Hub repo + file, classes, size;
     frames and the published top-1 are in ``notes`` (timm's cfg has no field for them) and in ``models.zoo``."""
     notes = [f"frames={e.num_frames}" if e.num_frames else "image", f"dataset={e.dataset}",
-             f"published_top1={e.top1}"] + ([e.note] if e.note else [])
-    return _cfg(hf_hub_id=HUB_REPO, hf_hub_filename=e.file, num_classes=e.num_classes,
+             f"published_top1={e.top1}"] + ([e.note] if e.note else []) + [WEIGHTS_LICENSE_NOTE]
+    return _cfg(hf_hub_id=HUB_REPO, hf_hub_filename=e.file, num_classes=e.num_classes, license=e.license,
                 input_size=(3, e.img_size, e.img_size), notes=tuple(notes),
                 origin_url="https://github.com/OpenGVLab/VideoMamba", paper_ids="arXiv:2403.06977")
 

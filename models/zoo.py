@@ -7,10 +7,14 @@ Every checkpoint of VideoMamba's two MODEL_ZOO.md files for the Ti / S / M model
     timm.create_model("videomamba_middle_image.in1k_res448", pretrained=True)  # 448 image model
     --finetune videomamba_small.in1k   --finetune hf-hub:OpenGVLab/VideoMamba/videomamba_s16_in1k_res224.pth
 
-Files come from the Hugging Face Hub model repo ``OpenGVLab/VideoMamba`` through ``huggingface_hub``
+Files come from the Hugging Face Hub model repo ``OpenGVLab/VideoMamba`` (gated: accept its terms on the Hub) through
+``huggingface_hub``
 (progress bar, the shared cache, ``HF_HUB_OFFLINE=1`` reads the cache only). Where upstream's tables link the
 wrong file (the Ti 448 row names the M file; the K400 / SSV2 *MASK* 16-frame rows name the ImageNet-start
 files) the tag points at the file the row is about.
+
+License of the weights: the model card's text says "License: Non-commercial license" while its metadata tag says
+apache-2.0 (the code's license); every tag's ``license`` is ``WEIGHTS_LICENSE`` and its notes quote the card.
 """
 from __future__ import annotations
 
@@ -18,9 +22,15 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["HUB_REPO", "ZooEntry", "ZOO", "zoo_entry", "imagenet_tag_for", "resolve_weights", "hub_download"]
+__all__ = ["HUB_REPO", "WEIGHTS_LICENSE", "WEIGHTS_LICENSE_NOTE", "ZooEntry", "ZOO", "zoo_entry", "imagenet_tag_for",
+           "resolve_weights", "hub_download"]
 
 HUB_REPO = "OpenGVLab/VideoMamba"
+# What the model card of HUB_REPO says in its text ("- **License:** Non-commercial license"); its YAML metadata
+# says apache-2.0, which is the license of the code on GitHub, not of these weights.
+WEIGHTS_LICENSE = "non-commercial"
+WEIGHTS_LICENSE_NOTE = ("license: the OpenGVLab/VideoMamba model card says 'Non-commercial license' (its metadata tag "
+                        "apache-2.0 is the code's license)")
 _LETTER = {"tiny": "t", "small": "s", "middle": "m"}
 
 
@@ -33,10 +43,11 @@ class ZooEntry:
     img_size: int
     num_frames: Optional[int]  # None for image checkpoints
     top1: Optional[float]   # published top-1 (None: pretraining only)
-    dataset: str            # IMNET, K400, SSV2, or the masked-pretraining set
-    test_views: tuple = ()  # (test_num_segment, test_num_crop) of upstream's scripts
+    dataset: str            # IMNET, K400, SSV2, Breakfast, COIN, or the masked-pretraining set
+    test_views: tuple = ()  # (test_num_segment, test_num_crop) of upstream's tables / scripts
     start: str = ""         # what upstream fine-tuned it from
     note: str = ""
+    license: str = WEIGHTS_LICENSE
 
     @property
     def name(self) -> str:
@@ -91,6 +102,29 @@ def _build_zoo() -> dict:
         add(ZooEntry("videomamba_middle", f"ssv2_mask_ft_f{f}_res{r}", fname, 174, r, f, top1, "SSV2", (2, 3),
                      start=f"{m}_ssv2_mask_pt_f8_res224.pth" if r == 224 else f"{m}_ssv2_mask_ft_f16_res224.pth",
                      note="upstream's table links the ImageNet-start file for this row" if (f, r) == (16, 224) else ""))
+    # Breakfast (10 classes) and COIN (180): VideoMamba's long-video fine-tuning from its K400 models
+    # (video_sm/exp/{breakfast,coin}/videomamba_*/run_f{32,64}x224.sh: --data_set Kinetics_sparse, 224 px).
+    long_video = {"Breakfast": (10, (4, 3), {"tiny": (94.3, 94.3), "small": (95.3, 97.4), "middle": (94.8, 95.8),
+                                             "mask": (97.9, 96.9)}),
+                  "COIN": (180, (10, 3), {"tiny": (86.2, 87.0), "small": (88.4, 88.7), "middle": (88.3, 89.5),
+                                          "mask": (89.6, 90.4)})}
+    for ds, (classes, views, top1) in long_video.items():
+        key = ds.lower()
+        for size in (*_LETTER, "mask"):
+            model = f"videomamba_{'middle' if size == 'mask' else size}"
+            l = "m" if size == "mask" else _LETTER[size]
+            mask = "_mask_ft" if size == "mask" else ""
+            for i, f in enumerate((32, 64)):
+                # upstream's Ti 64-frame scripts start from the Ti 32-frame K400 model; the others from the same frames
+                src_f = 32 if size == "tiny" else f
+                start = f"videomamba_{l}16_k400{mask}_f{src_f}_res224.pth"
+                note = ""
+                if size == "tiny" and f == 64:
+                    note = "upstream's script starts it from the 32-frame K400 model"
+                if ds == "COIN" and size == "mask" and f == 64:
+                    note = "upstream's script tests with 4 x 3 views; the table's row says 3 x 10"
+                add(ZooEntry(model, f"{key}{mask}_f{f}_res224", f"videomamba_{l}16_{key}{mask}_f{f}_res224.pth",
+                             classes, 224, f, top1[size][i], ds, views, start=start, note=note))
     return out
 
 

@@ -12,9 +12,9 @@
 
 Each tag runs ``run_class_finetuning.py --eval`` with the checkpoint (fetched into the Hugging Face cache, or read
 from it with HF_HUB_OFFLINE=1), its frames and input size, and the test views of VideoMamba's scripts (K400:
-4 temporal x 3 spatial; SSV2: 2 x 3), sampled, resized and cropped as VideoMamba's evaluation does (its
-Kinetics_sparse / SSV2 dataset classes: see the README's table); it prints that sampling convention, then one table
-with it.
+4 temporal x 3 spatial; SSV2: 2 x 3; Breakfast 4 x 3, COIN 10 x 3), sampled, resized and cropped as VideoMamba's
+evaluation does (its Kinetics_sparse / SSV2 dataset classes: see the README's table); it prints that sampling
+convention, then one table with it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ if ROOT not in sys.path:
 
 from models.zoo import ZOO  # noqa: E402
 
-DATA_SETS = {"K400": ("Kinetics-400", 400), "SSV2": ("SSV2", 174)}
+# Breakfast / COIN: upstream trains and tests them as Kinetics_sparse lists (path,label) with --nb_classes 10 / 180.
+DATA_SETS = {"K400": ("Kinetics-400", 400), "SSV2": ("SSV2", 174), "Breakfast": ("Kinetics_sparse", 10),
+             "COIN": ("Kinetics_sparse", 180)}
 
 
 def evaluable(name: str) -> bool:
@@ -41,7 +43,7 @@ def build_argv(name: str, data_path: str, data_root: str = "", split: str = " ",
     """run_class_finetuning.py flags that evaluate ``name`` as VideoMamba's scripts test it."""
     e = ZOO[name]
     if not evaluable(name):
-        raise SystemExit(f"error: {name} is not a K400 / SSV2 classifier checkpoint (see --list)")
+        raise SystemExit(f"error: {name} is not a K400 / SSV2 / Breakfast / COIN classifier checkpoint (see --list)")
     data_set, nb = DATA_SETS[e.dataset]
     segments, crops = e.test_views
     out = output_dir or os.path.join(ROOT, "work_dirs", "eval_zoo", name.replace(".", "_"))

@@ -33,10 +33,11 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def test_zoo_covers_every_published_ti_s_m_checkpoint():
-    """Each Ti/S/M row of VideoMamba's MODEL_ZOO.md (ImageNet, 448/576, masked pretraining, K400, SSV2) has a tag
+    """Each Ti/S/M row of VideoMamba's MODEL_ZOO.md (ImageNet, 448/576, masked pretraining, K400, SSV2, Breakfast,
+    COIN) has a tag
     whose file and top-1 are the row's; the known slips of upstream's links are noted on the tags."""
     with open(ZOO_CSV, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["section"] not in ("Breakfast", "COIN") and "-B" not in r["model"]]
+        rows = [r for r in csv.DictReader(f) if "-B" not in r["model"]]
     files = {e.file for e in ZOO.values()}
     by_file = {}
     for e in ZOO.values():
@@ -55,6 +56,17 @@ def test_zoo_covers_every_published_ti_s_m_checkpoint():
     assert len({e.file for e in ZOO.values()}) == len(rows)
     e = zoo_entry("videomamba_tiny_image.in1k_res448")
     assert e.file == "videomamba_t16_in1k_res224to448.pth" and "M file" in e.note
+    # Breakfast / COIN: the table's views (frames x crops x segments), classes and upstream's starting checkpoint
+    for r in rows:
+        if r["section"] in ("Breakfast", "COIN"):
+            e = by_file[r["file"]]
+            _, size, views, _ = [c.strip() for c in r["cells"].split(";")]
+            frames, crops, segments = (int(x) for x in views.split("x"))
+            assert (e.num_frames, e.img_size, e.test_views) == (frames, int(size), (segments, crops))
+            assert e.num_classes == {"Breakfast": 10, "COIN": 180}[r["section"]] and e.dataset == r["section"]
+            assert e.start == ("videomamba_m16_k400_mask_ft_f{}_res224.pth" if "MASK" in r["cells"] else
+                               "videomamba_{}16_k400_f{{}}_res224.pth".format(e.file[11])).format(
+                                   32 if e.file.startswith("videomamba_t16") else frames)
 
 
 def test_every_tag_in_timm_with_hub_file_and_metadata():
@@ -65,11 +77,20 @@ def test_every_tag_in_timm_with_hub_file_and_metadata():
         assert cfg["hf_hub_id"] == HUB_REPO and cfg["hf_hub_filename"] == e.file
         assert cfg["num_classes"] == e.num_classes and cfg["input_size"] == (3, e.img_size, e.img_size)
         assert f"published_top1={e.top1}" in cfg["notes"]
+        # the weights' license as the model card's text gives it, not its apache-2.0 metadata tag
+        assert cfg["license"] == "non-commercial" and any("Non-commercial license" in n for n in cfg["notes"])
         assert (f"frames={e.num_frames}" if e.num_frames else "image") in cfg["notes"]
     assert zoo_entry("videomamba_tiny.k400_f8_res224").top1 == 76.9
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+# Breakfast / COIN tags differ from the K400 ones only in classes and frames: two of each in the default suite
+LONG_VIDEO_DEFAULT = ("videomamba_tiny.breakfast_f32_res224", "videomamba_middle.breakfast_mask_ft_f64_res224",
+                      "videomamba_small.coin_f64_res224", "videomamba_middle.coin_mask_ft_f32_res224")
+ALL_TAGS = [n if ZOO[n].dataset not in ("Breakfast", "COIN") or n in LONG_VIDEO_DEFAULT
+            else pytest.param(n, marks=pytest.mark.slow) for n in sorted(ZOO)]
+
+
+@pytest.mark.parametrize("name", ALL_TAGS)
 def test_every_released_file_fits_its_tag(name):
     """Shapes only (meta device): the released state dict of every tag, after the checkpoint filter, has exactly
     the model's keys and shapes (the model built by tag: frames, size and classes from the zoo)."""
@@ -149,6 +170,9 @@ def test_eval_zoo_command_uses_upstream_views(tmp_path, capsys):
     assert (a.test_num_segment, a.test_num_crop, a.data_set, a.nb_classes, a.tubelet_size) == (2, 3, "SSV2", 174, 1)
     a = parse_with_config(rcf.get_args_parser(), eval_zoo.build_argv("videomamba_middle.k400_mask_ft_f64_res384", "L"))
     assert (a.test_num_segment, a.test_num_crop, a.num_frames, a.input_size) == (4, 3, 64, 384)
+    a = parse_with_config(rcf.get_args_parser(), eval_zoo.build_argv("videomamba_tiny.coin_f64_res224", "L"))
+    assert (a.data_set, a.nb_classes, a.test_num_segment, a.test_num_crop, a.num_frames) == (
+        "Kinetics_sparse", 180, 10, 3, 64)  # as upstream's COIN scripts run it
     assert eval_zoo.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "videomamba_tiny.k400_f8_res224 | videomamba_t16_k400_f8_res224.pth | K400 | 8 | 224 | 400 | 76.9" in out

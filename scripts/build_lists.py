@@ -1,0 +1,744 @@
+#!/usr/bin/env python
+"""From a dataset's official annotation files to our data lists, a class map and a report of what was dropped.
+
+    python scripts/build_lists.py kinetics --train kinetics400/train.csv --val kinetics400/validate.csv \\
+        --videos /data/k400/videos --out /data/k400/lists
+    python scripts/build_lists.py ssv2 --labels something-something-v2-labels.json \\
+        --train something-something-v2-train.json --val something-something-v2-validation.json \\
+        --videos /data/ssv2/videos --out /data/ssv2/lists          # or --frames /data/ssv2/rawframes
+    python scripts/build_lists.py ucf101 --splits_dir ucfTrainTestlist --split_id 1 --videos /data/UCF-101 --out L
+    python scripts/build_lists.py hmdb51 --splits_dir testTrainMulti_7030_splits --split_id 1 --videos /data/hmdb51 --out L
+    python scripts/build_lists.py breakfast --train Breakfast/train.csv --test Breakfast/test.csv --videos V --out L
+    python scripts/build_lists.py coin --annotations COIN.json --videos /data/coin/videos --out L
+
+Writes into ``--out``: ``train.csv``, ``val.csv``, ``test.csv`` (``video_path label`` rows, paths relative to
+``--videos``, or ``frame_folder total_frames label`` rows for SSV2 ``--frames``), ``labels.txt`` (class names, line
+k = label k) and ``build_report.txt`` (one line per dropped row or video: split, annotation file:line, video,
+reason). Train with ``--data_path OUT --data_root VIDEOS --split SEP`` (the command is printed at the end).
+
+What each dataset's files are and how they become labels:
+
+- Kinetics-400/600/700: the CSVs with a header ``label,youtube_id,time_start,time_end,split[,is_cc]``; the video of
+  a row is ``<youtube_id>_<time_start:06d>_<time_end:06d>.<ext>`` (or ``<youtube_id>.<ext>``) anywhere under
+  ``--videos`` (class folders or flat). Labels: the sorted class names of the training CSV (the usual convention),
+  or ``--classes labels.txt`` to keep an existing map. The test list is the validation set unless ``--test`` names
+  a labelled CSV (the Kinetics-600/700 test CSVs have no labels).
+- Something-Something V2: ``labels.json`` (class name -> id) and the train / validation JSON lists of
+  ``{"id", "label", "template", "placeholders"}``; the class of an entry is its template without the brackets.
+  Videos ``<id>.webm``, or raw frame folders ``<id>/img_00001.jpg ...`` with ``--frames``. Test = validation unless
+  ``--test`` names a labelled JSON.
+- UCF101: ``classInd.txt`` (1-based ids) and ``trainlist0N.txt`` / ``testlist0N.txt`` of split N; label = id - 1.
+  HMDB51: ``<class>_test_splitN.txt`` files (``video.avi 1`` train, ``2`` test, ``0`` unused); labels are the
+  sorted class names. Both have no validation split: val = test, as in VideoMAE / VideoMamba.
+- Breakfast: ViS4mer's ``train.csv`` / ``test.csv`` (``file_name,duration,action,class_id``; VideoMamba's data
+  preparation follows ViS4mer), video ``P03/cam01/P03_cereals.<ext>`` for ``P03-cam01-P03_cereals``; COIN:
+  ``COIN.json`` (``database``: id -> ``recipe_type`` (label), ``class``, ``subset`` training / testing), video
+  ``<id>.<ext>`` anywhere under ``--videos``. VideoMamba trains both as ``Kinetics_sparse`` lists
+  (``path,label``); val = test.
+
+Every listed video is probed first, in parallel, the way the training loader opens it (datasets/video_io.py:
+open, count frames, decode the first and last frame); a malformed row, an unknown class, a duplicate, a missing
+or an unreadable video is left out and named in the report. The lists are written atomically and read back
+through datasets/lists.py before the run ends; the same folder gives the same lists on every run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from datasets.lists import read_list, split_row  # noqa: E402
+from utils.parallel import parallel_map  # noqa: E402
+
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv", ".wmv")
+SPLITS = ("train", "val", "test")
+REPORT = "build_report.txt"
+LABELS = "labels.txt"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the parsers return
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One annotated video of a split: where it is written, its name, label and where to look for it."""
+
+    where: str                  # "file:line" (CSV / text) or "file:entry N" (JSON)
+    name: str                   # the video as the annotation names it
+    label: int
+    candidates: Tuple[Tuple[str, str], ...]  # ("rel", path with ext) | ("noext", path without ext) | ("stem", s)
+
+
+@dataclass
+class Dropped:
+    split: str
+    where: str
+    video: str
+    reason: str
+
+    def line(self) -> str:
+        return "\t".join((self.split, self.where, self.video or "-", self.reason))
+
+
+@dataclass
+class Annotations:
+    classes: List[str]
+    splits: Dict[str, List[Row]]
+    dropped: List[Dropped] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    sep: str = " "
+
+
+def _drop(ann: Annotations, split: str, where: str, video: str, reason: str) -> None:
+    ann.dropped.append(Dropped(split, where, video, reason))
+
+
+def _where(path: str, line_no) -> str:
+    return f"{os.path.basename(path)}:{line_no}"
+
+
+def _need_file(path: Optional[str], flag: str) -> str:
+    if not path:
+        raise SystemExit(f"error: {flag} is required")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {flag} {path}: file not found")
+    return path
+
+
+def _int(s: str) -> Optional[int]:
+    s = s.strip()
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return int(v) if v == int(v) else None
+
+
+def read_class_map(path: str) -> List[str]:
+    """A ``labels.txt``: one class name per line, line k = label k; blank lines and duplicates are errors."""
+    names = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            name = line.rstrip("\r\n")
+            if not name.strip():
+                raise SystemExit(f"error: {path}:{i}: empty class name")
+            if name in names:
+                raise SystemExit(f"error: {path}:{i}: class {name!r} listed twice")
+            names.append(name)
+    if not names:
+        raise SystemExit(f"error: {path}: no classes")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kinetics-400 / 600 / 700
+# ---------------------------------------------------------------------------------------------------------------
+def _kinetics_rows(path: str, split: str, ann: Annotations):
+    """(class name, Row without label) of each good row of a Kinetics CSV; bad rows go to ``ann.dropped``."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise SystemExit(f"error: {path}: empty annotation file")
+    header = [h.strip().lower() for h in rows[0]]
+    need = ("youtube_id", "time_start", "time_end")
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise SystemExit(f"error: {path}:1: not a Kinetics annotation CSV (no column {', '.join(missing)} in the "
+                         f"header {rows[0]})")
+    if "label" not in header:
+        raise SystemExit(f"error: {path}:1: no label column (the Kinetics-600/700 test CSVs are unlabelled): leave "
+                         f"--test out to list the validation set as the test set, the usual practice")
+    col = {c: header.index(c) for c in ("label", *need)}
+    for line_no, r in enumerate(rows[1:], start=2):
+        if not any(x.strip() for x in r):
+            continue
+        where = _where(path, line_no)
+        if len(r) != len(header):
+            _drop(ann, split, where, "", f"malformed row: {len(r)} columns, the header has {len(header)} "
+                                         f"({','.join(rows[0])})")
+            continue
+        label, yid = r[col["label"]].strip(), r[col["youtube_id"]].strip()
+        t0, t1 = _int(r[col["time_start"]]), _int(r[col["time_end"]])
+        if not label or not yid or t0 is None or t1 is None:
+            _drop(ann, split, where, yid, "malformed row: empty label / youtube_id or non-integer time_start / "
+                                          f"time_end ({','.join(r)})")
+            continue
+        name = f"{yid}_{t0:06d}_{t1:06d}"
+        out.append((label, Row(where, name, -1, (("stem", name), ("stem", yid)))))
+    return out
+
+
+def parse_kinetics(train: str, val: str, test: Optional[str] = None, classes_file: Optional[str] = None
+                   ) -> Annotations:
+    ann = Annotations([], {}, sep=",")
+    per_split = {"train": _kinetics_rows(train, "train", ann), "val": _kinetics_rows(val, "val", ann)}
+    if test:
+        per_split["test"] = _kinetics_rows(test, "test", ann)
+    if classes_file:
+        ann.classes = read_class_map(classes_file)
+        ann.notes.append(f"class map from {classes_file}")
+    else:
+        ann.classes = sorted({label for label, _ in per_split["train"]})
+        ann.notes.append(f"class map: the {len(ann.classes)} sorted class names of {os.path.basename(train)}")
+    index = {c: i for i, c in enumerate(ann.classes)}
+    for split, rows in per_split.items():
+        ann.splits[split] = []
+        for label, row in rows:
+            if label not in index:
+                _drop(ann, split, row.where, row.name, f"unknown class {label!r} (not in the class map)")
+                continue
+            row.label = index[label]
+            ann.splits[split].append(row)
+    if not test:
+        ann.splits["test"] = list(ann.splits["val"])
+        ann.notes.append("test = val (no --test)")
+    return ann
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Something-Something V2
+# ---------------------------------------------------------------------------------------------------------------
+def _load_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from e
+
+
+def parse_ssv2_labels(path: str) -> List[str]:
+    d = _load_json(path)
+    if not isinstance(d, dict) or not d:
+        raise SystemExit(f"error: {path}: expected an object of class name -> id")
+    by_id = {}
+    for name, v in d.items():
+        i = _int(str(v))
+        if i is None or i < 0:
+            raise SystemExit(f"error: {path}: class {name!r} has id {v!r}, not a non-negative integer")
+        if i in by_id:
+            raise SystemExit(f"error: {path}: id {i} given to both {by_id[i]!r} and {name!r}")
+        by_id[i] = name
+    gaps = sorted(set(range(len(by_id))) - set(by_id))
+    if gaps:
+        raise SystemExit(f"error: {path}: ids are not 0..{len(by_id) - 1} (missing {gaps[:5]})")
+    return [by_id[i] for i in range(len(by_id))]
+
+
+def _ssv2_rows(path: str, split: str, ann: Annotations, index: Dict[str, int], frames: bool) -> List[Row]:
+    d = _load_json(path)
+    if not isinstance(d, list):
+        raise SystemExit(f"error: {path}: expected a list of {{id, label, template, placeholders}} entries")
+    out = []
+    for k, e in enumerate(d, start=1):
+        where = f"{os.path.basename(path)}:entry {k}"
+        if not isinstance(e, dict) or "id" not in e or not isinstance(e.get("template"), str):
+            _drop(ann, split, where, str(e.get("id", "")) if isinstance(e, dict) else "",
+                  "malformed entry: needs 'id' and 'template'")
+            continue
+        vid = str(e["id"]).strip()
+        name = e["template"].replace("[", "").replace("]", "")
+        if name not in index:
+            _drop(ann, split, where, vid, f"unknown class {name!r} (not in the labels file)")
+            continue
+        cands = (("rel", vid),) if frames else (("rel", vid + ".webm"), ("stem", vid))
+        out.append(Row(where, vid, index[name], cands))
+    return out
+
+
+def parse_ssv2(labels: str, train: str, val: str, test: Optional[str] = None, frames: bool = False) -> Annotations:
+    ann = Annotations(parse_ssv2_labels(labels), {}, sep=" ")
+    index = {c: i for i, c in enumerate(ann.classes)}
+    ann.notes.append(f"class map: the ids of {os.path.basename(labels)}")
+    ann.splits["train"] = _ssv2_rows(train, "train", ann, index, frames)
+    ann.splits["val"] = _ssv2_rows(val, "val", ann, index, frames)
+    if test:
+        ann.splits["test"] = _ssv2_rows(test, "test", ann, index, frames)
+    else:
+        ann.splits["test"] = list(ann.splits["val"])
+        ann.notes.append("test = val (no --test)")
+    return ann
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# UCF101 / HMDB51
+# ---------------------------------------------------------------------------------------------------------------
+def _video_cands(rel: str) -> Tuple[Tuple[str, str], ...]:
+    noext, _ = os.path.splitext(rel)
+    return (("rel", rel), ("noext", noext), ("stem", os.path.basename(noext)))
+
+
+def parse_ucf101(splits_dir: str, split_id: int) -> Annotations:
+    class_ind = _need_file(os.path.join(splits_dir, "classInd.txt"), "--splits_dir (classInd.txt)")
+    ids = {}
+    with open(class_ind, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or _int(parts[0]) is None:
+                raise SystemExit(f"error: {class_ind}:{i}: expected 'id ClassName', got {line.rstrip()!r}")
+            ids[int(parts[0])] = parts[1]
+    if sorted(ids) != list(range(1, len(ids) + 1)):
+        raise SystemExit(f"error: {class_ind}: class ids are not 1..{len(ids)}")
+    ann = Annotations([ids[i] for i in range(1, len(ids) + 1)], {}, sep=" ")
+    ann.notes.append("class map: classInd.txt (label = id - 1)")
+    index = {c: i for i, c in enumerate(ann.classes)}
+    lower = {c.lower(): i for c, i in index.items()}
+    for split, fname in (("train", f"trainlist0{split_id}.txt"), ("test", f"testlist0{split_id}.txt")):
+        path = _need_file(os.path.join(splits_dir, fname), f"--splits_dir ({fname})")
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where, parts = _where(path, line_no), line.split()
+                if len(parts) > 2 or (len(parts) == 2 and _int(parts[1]) is None):
+                    _drop(ann, split, where, parts[0], f"malformed row {line.strip()!r}: expected 'Class/video.avi"
+                                                       f"{' id' if split == 'train' else ''}'")
+                    continue
+                rel = parts[0].replace("\\", "/")
+                folder = rel.split("/")[0] if "/" in rel else ""
+                label = index.get(folder, lower.get(folder.lower()))
+                if label is None:
+                    _drop(ann, split, where, rel, f"unknown class {folder!r} (not in classInd.txt)")
+                    continue
+                if len(parts) == 2 and int(parts[1]) - 1 != label:
+                    _drop(ann, split, where, rel, f"label {parts[1]} does not match the class folder {folder!r} "
+                                                  f"(id {label + 1} in classInd.txt)")
+                    continue
+                rows.append(Row(where, rel, label, _video_cands(rel)))
+        ann.splits[split] = rows
+    ann.splits["val"] = list(ann.splits["test"])
+    ann.notes.append("val = test (UCF101 has no validation split)")
+    return ann
+
+
+_HMDB_RE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d+)\.txt$")
+
+
+def parse_hmdb51(splits_dir: str, split_id: int) -> Annotations:
+    if not os.path.isdir(splits_dir):
+        raise SystemExit(f"error: --splits_dir {splits_dir}: folder not found")
+    files = {}
+    for fname in sorted(os.listdir(splits_dir)):
+        m = _HMDB_RE.match(fname)
+        if m and int(m.group("k")) == split_id:
+            files[m.group("cls")] = os.path.join(splits_dir, fname)
+    if not files:
+        raise SystemExit(f"error: {splits_dir}: no <class>_test_split{split_id}.txt files")
+    ann = Annotations(sorted(files), {"train": [], "test": []}, sep=" ")
+    ann.notes.append(f"class map: the {len(files)} sorted class names of the *_test_split{split_id}.txt files")
+    unused = 0
+    for label, cls in enumerate(ann.classes):
+        path = files[cls]
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where, parts = _where(path, line_no), line.split()
+                if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                    _drop(ann, "train/test", where, parts[0], f"malformed row {line.strip()!r}: expected 'video.avi "
+                                                              f"0|1|2'")
+                    continue
+                if parts[1] == "0":
+                    unused += 1
+                    continue
+                rel = f"{cls}/{parts[0]}"
+                ann.splits["train" if parts[1] == "1" else "test"].append(Row(where, rel, label, _video_cands(rel)))
+    ann.notes.append(f"{unused} videos marked 0 (not used by split {split_id})")
+    ann.splits["val"] = list(ann.splits["test"])
+    ann.notes.append("val = test (HMDB51 has no validation split)")
+    return ann
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Breakfast / COIN (VideoMamba: ViS4mer's annotations, trained as Kinetics_sparse lists)
+# ---------------------------------------------------------------------------------------------------------------
+def _id_classes(named: Dict[int, str], ann: Annotations, source: str) -> List[str]:
+    if not named:
+        return []
+    n = max(named) + 1
+    gaps = [i for i in range(n) if i not in named]
+    if gaps:
+        ann.notes.append(f"class ids {gaps} have no rows in {source}: labels.txt names them '<unused k>'")
+    return [named.get(i, f"<unused {i}>") for i in range(n)]
+
+
+def _breakfast_cands(name: str) -> Tuple[Tuple[str, str], ...]:
+    parts = name.split("-", 2)  # P03-cam01-P03_cereals -> P03/cam01/P03_cereals
+    cands = [("noext", "/".join(parts))] if len(parts) == 3 else []
+    return tuple(cands + [("stem", name)])
+
+
+def parse_breakfast(train: str, test: str) -> Annotations:
+    ann = Annotations([], {}, sep=",")
+    named: Dict[int, Tuple[str, str]] = {}
+    for split, path in (("train", train), ("test", test)):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            raise SystemExit(f"error: {path}: empty annotation file")
+        header = [h.strip().lower() for h in rows[0]]
+        need = ("file_name", "action", "class_id")
+        if any(c not in header for c in need):
+            raise SystemExit(f"error: {path}:1: not ViS4mer's Breakfast CSV (expected a header "
+                             f"file_name,duration,action,class_id, got {rows[0]})")
+        col = {c: header.index(c) for c in need}
+        out = []
+        for line_no, r in enumerate(rows[1:], start=2):
+            if not any(x.strip() for x in r):
+                continue
+            where = _where(path, line_no)
+            if len(r) != len(header):
+                _drop(ann, split, where, "", f"malformed row: {len(r)} columns, the header has {len(header)}")
+                continue
+            name, action, cid = r[col["file_name"]].strip(), r[col["action"]].strip(), _int(r[col["class_id"]])
+            if not name or cid is None or cid < 0:
+                _drop(ann, split, where, name, f"malformed row: empty file_name or class_id {r[col['class_id']]!r}")
+                continue
+            if cid in named and named[cid][0] != action:
+                _drop(ann, split, where, name, f"class_id {cid} is {action!r} here but {named[cid][0]!r} at "
+                                               f"{named[cid][1]}")
+                continue
+            named.setdefault(cid, (action, where))
+            out.append(Row(where, name, cid, _breakfast_cands(name)))
+        ann.splits[split] = out
+    ann.classes = _id_classes({k: v[0] for k, v in named.items()}, ann, "the annotations")
+    ann.notes.append("class map: the class_id / action columns")
+    ann.splits["val"] = list(ann.splits["test"])
+    ann.notes.append("val = test (ViS4mer's Breakfast split has no validation set)")
+    return ann
+
+
+def parse_coin(annotations: str) -> Annotations:
+    d = _load_json(annotations)
+    db = d.get("database") if isinstance(d, dict) else None
+    if not isinstance(db, dict):
+        raise SystemExit(f"error: {annotations}: expected COIN.json's {{'database': {{video id: ...}}}}")
+    ann = Annotations([], {"train": [], "test": []}, sep=",")
+    named: Dict[int, str] = {}
+    subsets = {"training": "train", "testing": "test"}
+    base = os.path.basename(annotations)
+    for vid, e in db.items():
+        where = f"{base}:{vid}"
+        if not isinstance(e, dict):
+            _drop(ann, "train/test", where, vid, "malformed entry: not an object")
+            continue
+        split = subsets.get(e.get("subset"))
+        rt = e.get("recipe_type")
+        if split is None or not isinstance(rt, int) or isinstance(rt, bool) or rt < 0:
+            _drop(ann, subsets.get(e.get("subset"), "train/test"), where, vid,
+                  f"malformed entry: subset {e.get('subset')!r} (training / testing), recipe_type {rt!r}")
+            continue
+        cls = e.get("class")
+        if isinstance(cls, str) and cls:
+            if rt in named and named[rt] != cls:
+                _drop(ann, split, where, vid, f"recipe_type {rt} is {cls!r} here but {named[rt]!r} elsewhere")
+                continue
+            named.setdefault(rt, cls)
+        ann.splits[split].append(Row(where, vid, rt, (("stem", vid),)))
+    ann.classes = _id_classes(named, ann, base)
+    ann.notes.append("class map: recipe_type -> class of COIN.json")
+    ann.splits["val"] = list(ann.splits["test"])
+    ann.notes.append("val = test (COIN has no validation split)")
+    return ann
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding, probing and listing the videos
+# ---------------------------------------------------------------------------------------------------------------
+class VideoIndex:
+    """Every video file under ``root`` by relative path, path without extension and file stem (exact, then
+    case-insensitive), built once with a sorted walk so every lookup is deterministic."""
+
+    KINDS = ("rel", "noext", "stem")
+
+    def __init__(self, root: str, exts: Sequence[str] = VIDEO_EXTS):
+        self.root = root
+        self.exact = {k: {} for k in self.KINDS}
+        self.folded = {k: {} for k in self.KINDS}
+        exts = tuple(e.lower() for e in exts)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                if fn.startswith(".") or not fn.lower().endswith(exts):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
+                noext = os.path.splitext(rel)[0]
+                for kind, key in zip(self.KINDS, (rel, noext, os.path.basename(noext))):
+                    self.exact[kind].setdefault(key, []).append(rel)
+                    self.folded[kind].setdefault(key.lower(), []).append(rel)
+
+    def find(self, candidates) -> Tuple[Optional[str], str]:
+        """(relative path or None, note): the first candidate that names a file; a note when several match."""
+        for table, fold in ((self.exact, False), (self.folded, True)):
+            for kind, key in candidates:
+                hits = table[kind].get(key.lower() if fold else key)
+                if hits:
+                    hits = sorted(set(hits))
+                    note = f"{len(hits)} files match {key!r}; using the first" if len(hits) > 1 else ""
+                    return hits[0], note
+        return None, ""
+
+
+def _quiet_decoders() -> None:
+    """Worker initializer: decoder libraries log every broken file on stderr; the report names them instead."""
+    try:
+        import av
+
+        av.logging.set_level(None)
+    except Exception:  # pragma: no cover - logging control is optional
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover
+        pass
+
+
+def probe_job(job) -> tuple:
+    """``(path, kind, reader, tmpl, start_idx)`` -> ("ok", frames, height, width) or ("bad", reason)."""
+    from datasets.video_io import VideoReadError, probe_rawframes, probe_video
+
+    path, kind, reader, tmpl, start_idx = job
+    try:
+        p = probe_rawframes(path, tmpl, start_idx) if kind == "rawframe" else probe_video(path, reader)
+        return ("ok", p.frames, p.height, p.width)
+    except VideoReadError as e:
+        return ("bad", e.reason)
+    except Exception as e:  # a decoder crash is a bad file too, named with its type
+        return ("bad", f"{type(e).__name__}: {str(e).strip()[:200]}")
+
+
+def _line(rel: str, label: int, frames: Optional[int], sep: str) -> str:
+    cols = [rel, str(frames), str(label)] if frames is not None else [rel, str(label)]
+    return sep.join(cols) if sep.strip() else " ".join(cols)
+
+
+def _listable(rel: str, line: str, sep: str, ncols: int) -> bool:
+    """Does ``line`` parse back (datasets/lists.split_row) into exactly this path?"""
+    if "\n" in rel or "\r" in rel:
+        return False
+    fields = split_row(line, sep, ncols)
+    return bool(fields) and fields[0] == rel
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_report(ann: Annotations, out: str, dataset: str, kind: str, videos: str, sep: str, probe: bool,
+                  counts: dict) -> None:
+    head = [f"# build_lists.py {dataset}: {len(ann.classes)} classes ({LABELS}), "
+            f"{'frame folders' if kind == 'rawframe' else 'videos'} under {videos}, separator {sep!r}"
+            + ("" if probe else ", NOT probed (--no_probe)")]
+    head += [f"# {s}: {counts[s][0]} listed, {counts[s][1]} dropped" for s in SPLITS]
+    other = sum(d.split not in SPLITS for d in ann.dropped)
+    if other:
+        head.append(f"# {other} malformed entries of no known split dropped")
+    head += [f"# note: {n}" for n in ann.notes]
+    head.append("# dropped: split, annotation, video, reason")
+    _write_atomic(os.path.join(out, REPORT), "\n".join(head + [d.line() for d in ann.dropped]) + "\n")
+
+
+def build(ann: Annotations, videos: str, out: str, *, kind: str = "video", sep: Optional[str] = None,
+          workers: int = 0, reader: str = "decord", probe: bool = True, filename_tmpl: str = "img_{:05}.jpg",
+          start_idx: int = 1, dataset: str = "", log=print) -> dict:
+    """Resolve, probe and list ``ann``'s rows; write the lists, labels.txt and the report into ``out``.
+
+    Returns {"lists": {split: path}, "counts": {split: (listed, dropped)}, "dropped": [Dropped], "labels": path,
+    "report": path}."""
+    sep = ann.sep if sep is None else sep
+    if not os.path.isdir(videos):
+        raise SystemExit(f"error: {'--frames' if kind == 'rawframe' else '--videos'} {videos}: folder not found")
+    if not ann.classes:
+        raise SystemExit("error: no classes in the annotations")
+    os.makedirs(out, exist_ok=True)
+    ncols = 3 if kind == "rawframe" else 2
+    index = VideoIndex(videos) if kind == "video" else None
+    resolved: Dict[str, List[tuple]] = {}
+    jobs = {}
+    for split in SPLITS:
+        seen: Dict[str, str] = {}
+        resolved[split] = []
+        for row in ann.splits.get(split, []):
+            if kind == "video":
+                rel, note = index.find(row.candidates)
+                if note:
+                    ann.notes.append(f"{split} {row.where}: {note} ({rel})")
+            else:
+                rel = row.candidates[0][1]
+                rel = rel if os.path.isdir(os.path.join(videos, rel)) else None
+            if rel is None:
+                what = "frame folder" if kind == "rawframe" else "video file"
+                _drop(ann, split, row.where, row.name, f"missing: no {what} for {row.name!r} under {videos}")
+                continue
+            if rel in seen:
+                _drop(ann, split, row.where, rel, f"duplicate of {seen[rel]}")
+                continue
+            seen[rel] = row.where
+            resolved[split].append((row, rel))
+            jobs.setdefault(rel, (os.path.join(videos, rel), kind, reader, filename_tmpl, start_idx))
+    order = sorted(jobs)
+    if probe:
+        results = dict(zip(order, parallel_map(probe_job, [jobs[r] for r in order], workers=workers,
+                                                desc=f"probe {len(order)} {'folders' if kind == 'rawframe' else 'videos'}",
+                                                unit="file", initializer=_quiet_decoders)))
+    elif kind == "rawframe":
+        from datasets.video_io import count_rawframes
+
+        results = {r: ("ok", count_rawframes(jobs[r][0], filename_tmpl, start_idx), 0, 0) for r in order}
+        results = {r: v if v[1] > 0 else ("bad", "no frames") for r, v in results.items()}
+    else:
+        results = {r: ("ok", None, 0, 0) for r in order}
+    texts, counts = {}, {}
+    for split in SPLITS:
+        lines, expect = [], []
+        for row, rel in resolved[split]:
+            res = results[rel]
+            if res[0] != "ok":
+                _drop(ann, split, row.where, rel, f"unreadable: {res[1]}")
+                continue
+            frames = res[1] if kind == "rawframe" else None
+            line = _line(rel, row.label, frames, sep)
+            if not _listable(rel, line, sep, ncols):
+                _drop(ann, split, row.where, rel, f"path cannot be written in a list separated by {sep!r}")
+                continue
+            lines.append(line + "\n")
+            expect.append((rel, row.label, frames))
+        texts[split] = ("".join(lines), expect)
+    for split in SPLITS:
+        counts[split] = (len(texts[split][1]), sum(d.split == split for d in ann.dropped))
+    empty = [s for s in SPLITS if not counts[s][0]]
+    _write_report(ann, out, dataset, kind, videos, sep, probe, counts)
+    if empty:
+        raise SystemExit(f"error: no {' / '.join(empty)} video is left to list; nothing written but the report "
+                         f"{os.path.join(out, REPORT)}, which names every dropped row")
+    lists = {}
+    for split in SPLITS:
+        path = os.path.join(out, f"{split}.csv")
+        _write_atomic(path, texts[split][0])
+        back = [(s.rel_path, s.label, s.total_frames) for s in
+                read_list(path, kind, sep=sep, data_root=videos, nb_classes=len(ann.classes))]
+        if back != texts[split][1]:  # pragma: no cover - _listable makes every line parse back
+            raise RuntimeError(f"{path} does not read back as written")
+        lists[split] = path
+    labels = os.path.join(out, LABELS)
+    _write_atomic(labels, "".join(c + "\n" for c in ann.classes))
+    report = os.path.join(out, REPORT)
+    for s in SPLITS:
+        log(f"[build_lists] {s}: {counts[s][0]} listed, {counts[s][1]} dropped -> {lists[s]}")
+    for n in ann.notes:
+        log(f"[build_lists] note: {n}")
+    if ann.dropped:
+        log(f"[build_lists] {len(ann.dropped)} dropped, each named in {report}:")
+        for d in ann.dropped[:20]:
+            log(f"  {d.line()}")
+        if len(ann.dropped) > 20:
+            log(f"  ... and {len(ann.dropped) - 20} more")
+    flag_sep = sep if sep.strip() else " "
+    log(f"[build_lists] {len(ann.classes)} classes -> {labels}; train with --data_path {out} --data_root {videos} "
+        f"--split '{flag_sep}' --nb_classes {len(ann.classes)}")
+    return {"lists": lists, "counts": counts, "dropped": list(ann.dropped), "labels": labels, "report": report}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, videos_required: bool = True) -> None:
+    p.add_argument("--videos", required=videos_required, help="folder the videos are under (the --data_root of "
+                   "the lists)")
+    p.add_argument("--out", required=True, help="folder to write train.csv / val.csv / test.csv / labels.txt into")
+    p.add_argument("--split", dest="sep", default=None, help="column separator of the written lists (default: the "
+                   "one our recipes pass for the dataset: ',' Kinetics / Breakfast / COIN, ' ' SSV2 / UCF101 / HMDB51)")
+    p.add_argument("--workers", type=int, default=0, help="probe processes (default: all CPUs)")
+    p.add_argument("--video_reader", default="decord", choices=("decord", "pyav"),
+                   help="the reader the training run will use (default decord, with PyAV as its fallback)")
+    p.add_argument("--no_probe", action="store_true", help="list without opening the videos (fast, unchecked: the "
+                   "report says so)")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__[__doc__.index("Writes into"):])
+    sub = p.add_subparsers(dest="dataset", required=True)
+    k = sub.add_parser("kinetics", help="Kinetics-400 / 600 / 700 CSVs")
+    k.add_argument("--train", required=True)
+    k.add_argument("--val", required=True)
+    k.add_argument("--test", default=None, help="a labelled test CSV (default: the validation set)")
+    k.add_argument("--classes", default=None, help="labels.txt to take the class ids from (default: sorted names)")
+    _common(k)
+    s = sub.add_parser("ssv2", help="Something-Something V2 JSON files")
+    s.add_argument("--labels", required=True, help="something-something-v2-labels.json")
+    s.add_argument("--train", required=True)
+    s.add_argument("--val", required=True)
+    s.add_argument("--test", default=None, help="a labelled test JSON (default: the validation set)")
+    s.add_argument("--frames", default=None, help="raw frame folders <id>/img_00001.jpg instead of --videos")
+    s.add_argument("--filename_tmpl", default="img_{:05}.jpg")
+    s.add_argument("--start_idx", type=int, default=1)
+    _common(s, videos_required=False)
+    for name, what in (("ucf101", "ucfTrainTestlist (classInd.txt, trainlist0N.txt, testlist0N.txt)"),
+                       ("hmdb51", "testTrainMulti_7030_splits (<class>_test_splitN.txt)")):
+        u = sub.add_parser(name, help=f"{name.upper()} split files")
+        u.add_argument("--splits_dir", required=True, help=what)
+        u.add_argument("--split_id", type=int, default=1, choices=(1, 2, 3), help="official split 1, 2 or 3")
+        _common(u)
+    b = sub.add_parser("breakfast", help="ViS4mer's Breakfast train.csv / test.csv")
+    b.add_argument("--train", required=True)
+    b.add_argument("--test", required=True)
+    _common(b)
+    c = sub.add_parser("coin", help="COIN.json")
+    c.add_argument("--annotations", required=True, help="COIN.json")
+    _common(c)
+    return p
+
+
+def main(argv=None) -> int:
+    a = get_parser().parse_args(argv)
+    kind, root = "video", a.videos
+    if a.dataset == "kinetics":
+        for flag in ("train", "val", "test", "classes"):
+            if getattr(a, flag):
+                _need_file(getattr(a, flag), f"--{flag}")
+        ann = parse_kinetics(a.train, a.val, a.test, a.classes)
+    elif a.dataset == "ssv2":
+        if bool(a.videos) == bool(a.frames):
+            raise SystemExit("error: pass one of --videos (webm files) and --frames (raw frame folders)")
+        for flag in ("labels", "train", "val", "test"):
+            if getattr(a, flag):
+                _need_file(getattr(a, flag), f"--{flag}")
+        if a.frames:
+            kind, root = "rawframe", a.frames
+        ann = parse_ssv2(a.labels, a.train, a.val, a.test, frames=bool(a.frames))
+    elif a.dataset == "ucf101":
+        ann = parse_ucf101(a.splits_dir, a.split_id)
+    elif a.dataset == "hmdb51":
+        ann = parse_hmdb51(a.splits_dir, a.split_id)
+    elif a.dataset == "breakfast":
+        ann = parse_breakfast(_need_file(a.train, "--train"), _need_file(a.test, "--test"))
+    else:
+        ann = parse_coin(_need_file(a.annotations, "--annotations"))
+    extra = {}
+    if kind == "rawframe":
+        extra = dict(filename_tmpl=a.filename_tmpl, start_idx=a.start_idx)
+    build(ann, root, a.out, kind=kind, sep=a.sep, workers=a.workers, reader=a.video_reader, probe=not a.no_probe,
+          dataset=a.dataset, **extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
