@@ -200,7 +200,9 @@ def test_reduced_demo_learns_motion(tmp_path):
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     res = run_demo.main(["--data_path", data, "--output_dir", out, "--epochs", "10", "--test_per_class", "10"])
     assert res["top1"] >= 60.0, res  # chance is 25%; the full demo (16 epochs) reaches 94%
-    vids = _fresh_videos(tmp_path)
+    # 20 fresh videos: after 10 epochs the model is at ~70% test top-1 (it varies across CPUs), so 8 videos with a
+    # 6-right bar was a coin toss; 10 of 20 right is far above chance (P < 2% at 25%) and holds at ~70% accuracy
+    vids = _fresh_videos(tmp_path, per_class=5)
     r = infer_video.main(["--ckpt", res["checkpoint"], "--label_map", res["labels"]] + [v for v, _ in vids])
     right = sum(x["topk"][0]["id"] == label for x, (_, label) in zip(r, vids))
-    assert right >= 6, [(x["topk"][0]["label"], label) for x, (_, label) in zip(r, vids)]
+    assert right >= 10, [(x["topk"][0]["label"], label) for x, (_, label) in zip(r, vids)]
