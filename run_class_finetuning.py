@@ -371,6 +371,25 @@ def build_model(args, meta: bool = False):
     return model
 
 
+PATCH_SIZE = 16  # every registered video / image model embeds 16 x 16 patches
+
+
+def check_args(args) -> list:
+    """The model name and the input size, checked before any data is read (the engine's size checks run too)."""
+    import difflib
+
+    import models
+
+    names = models.registered_models()
+    if args.model not in names:
+        close = difflib.get_close_matches(args.model, names, n=5, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"see models/ ({len(names)} registered)"
+        return [f"--model {args.model} is not a registered model; {hint}"]
+    if args.input_size and args.input_size % PATCH_SIZE:
+        return [f"--input_size {args.input_size}: must be a multiple of the patch size {PATCH_SIZE}"]
+    return []
+
+
 def wiring():
     from engines.runner import Wiring
 
@@ -396,7 +415,7 @@ def wiring():
         return multiple_samples_collate(batch)
 
     return Wiring(build_model=build_model, build_dataset=_build_dataset, build_mixup_fn=_mixup,
-                  load_pretrained=_load_pretrained, collate_multi=_collate, has_test=True)
+                  load_pretrained=_load_pretrained, collate_multi=_collate, has_test=True, check_args=check_args)
 
 
 def main(argv=None):

@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Optional
 
+from utils.errors import MissingDataError
+
 from .imagenet import ImageNetDataset
 from .sampling import scheme_for
 from .video import RawFrameClsDataset, VideoClsDataset
@@ -72,7 +74,7 @@ def is_rawframe_list(list_file: str, sep: str = " ") -> bool:
 
     if not os.path.isfile(list_file):
         return False
-    with open(list_file, encoding="utf-8") as f:
+    with open(list_file, encoding="utf-8-sig") as f:
         for line in f:
             if line.strip():
                 fields = split_row(line, sep, 3)
@@ -122,7 +124,7 @@ def _build_imagenet(is_train: bool, test_mode: bool, args, nb_classes: int):
     else:
         list_file = os.path.join(_get(args, "data_path") or "", f"{mode}.csv")
         if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"IMNET {mode} data not found: neither a class-folder tree {folder} nor a list "
+            raise MissingDataError(f"IMNET {mode} data not found: neither a class-folder tree {folder} nor a list "
                                     f"{list_file} exists (set --data_path or --{mode}_list)")
         ds = ImageNetDataset(list_file=list_file, transform=transform, data_root=_get(args, "data_root"),
                              split=_get(args, "split"), list_flag="--data_path", **common)

@@ -13,6 +13,8 @@ from typing import List, Optional, Tuple
 from PIL import Image
 from torch.utils.data import Dataset
 
+from utils.errors import ListError, MissingDataError
+
 from .lists import Sample, read_list, split_row
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -22,7 +24,7 @@ def scan_class_folders(root: str) -> Tuple[List[Sample], List[str]]:
     """(samples, class_names) of a ``root/<class>/<image>`` tree; classes sorted by name."""
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
     if not classes:
-        raise ValueError(f"no class folders under {root}")
+        raise ListError(f"no class folders under {root}")
     samples = []
     for label, name in enumerate(classes):
         for dirpath, _, files in sorted(os.walk(os.path.join(root, name), followlinks=True)):
@@ -31,15 +33,15 @@ def scan_class_folders(root: str) -> Tuple[List[Sample], List[str]]:
                     p = os.path.join(dirpath, f)
                     samples.append(Sample(path=p, rel_path=os.path.relpath(p, root), label=label))
     if not samples:
-        raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root}")
+        raise ListError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root}")
     return samples, classes
 
 
 def detect_list_kind(list_file: str, sep: str = " ") -> str:
     """'rawframe' when the first row has 3 columns with an integer middle one, else 'image'."""
     if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"data list not found: {list_file}")
-    with open(list_file, encoding="utf-8") as f:
+        raise MissingDataError(f"data list not found: {list_file}")
+    with open(list_file, encoding="utf-8-sig") as f:
         for line in f:
             if line.strip():
                 fields = split_row(line, sep, 3)
@@ -66,7 +68,7 @@ class ImageNetDataset(Dataset):
             self.kind = "image"
             self.samples, self.classes = scan_class_folders(folder)
             if nb_classes is not None and len(self.classes) > nb_classes:
-                raise ValueError(f"{folder} has {len(self.classes)} class folders but nb_classes is {nb_classes}")
+                raise ListError(f"{folder} has {len(self.classes)} class folders but nb_classes is {nb_classes}")
         else:
             self.source = list_file
             self.kind = detect_list_kind(list_file, split)

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional
 
+from utils.errors import ListError, MissingDataError
+
 _INT_RE = re.compile(r"^[+-]?\d+$")
 
 
@@ -70,11 +72,11 @@ def read_list(list_file: str, kind: str, sep: str = " ", data_root: str = "",
         raise ValueError(f"unknown list kind {kind!r}")
     if not os.path.isfile(list_file):
         hint = f" (set by {flag})" if flag else ""
-        raise FileNotFoundError(f"data list not found: {list_file}{hint}")
+        raise MissingDataError(f"data list not found: {list_file}{hint}")
     ncols = 3 if kind == "rawframe" else 2
     fmt = "frame_folder_path total_frames label" if kind == "rawframe" else f"{kind}_path label"
     samples: List[Sample] = []
-    with open(list_file, encoding="utf-8") as f:
+    with open(list_file, encoding="utf-8-sig") as f:
         for line_no, raw in enumerate(f, start=1):
             line = raw.rstrip("\r\n")
             if not line.strip():
@@ -82,25 +84,25 @@ def read_list(list_file: str, kind: str, sep: str = " ", data_root: str = "",
             fields = split_row(line, sep, ncols)
             where = _describe(list_file, line_no, line)
             if fields is None:
-                raise ValueError(f"{where}: malformed row, expected {ncols} columns '{fmt}' separated by "
+                raise ListError(f"{where}: malformed row, expected {ncols} columns '{fmt}' separated by "
                                  f"{sep!r} (see --split)")
             if not _INT_RE.match(fields[-1]):
-                raise ValueError(f"{where}: label {fields[-1]!r} is not an integer (expected '{fmt}')")
+                raise ListError(f"{where}: label {fields[-1]!r} is not an integer (expected '{fmt}')")
             label = int(fields[-1])
             if label < 0:
-                raise ValueError(f"{where}: negative label {label}")
+                raise ListError(f"{where}: negative label {label}")
             if nb_classes is not None and label >= nb_classes:
-                raise ValueError(f"{where}: label {label} out of range for {nb_classes} classes "
+                raise ListError(f"{where}: label {label} out of range for {nb_classes} classes "
                                  f"(check --nb_classes / --data_set)")
             total = None
             if kind == "rawframe":
                 if not _INT_RE.match(fields[1]):
-                    raise ValueError(f"{where}: total_frames {fields[1]!r} is not an integer (expected '{fmt}')")
+                    raise ListError(f"{where}: total_frames {fields[1]!r} is not an integer (expected '{fmt}')")
                 total = int(fields[1])
                 if total < 1:
-                    raise ValueError(f"{where}: total_frames must be >= 1, got {total}")
+                    raise ListError(f"{where}: total_frames must be >= 1, got {total}")
             samples.append(Sample(path=resolve_path(fields[0], data_root, list_file), rel_path=fields[0],
                                   label=label, total_frames=total, line_no=line_no))
     if not samples:
-        raise ValueError(f"data list is empty: {list_file}")
+        raise ListError(f"data list is empty: {list_file}")
     return samples

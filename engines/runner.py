@@ -12,6 +12,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -23,6 +24,7 @@ from utils import distributed as dist_utils
 from utils.checkpoint_io import (
     DEEPSPEED_MODEL_FILE,
     CheckpointError,
+    CheckpointSaveError,
     best_record,
     check_deepspeed_tag,
     describe_state_dict,
@@ -57,6 +59,7 @@ class Wiring:
     train_sampler: Callable | None = None  # (dataset, args, world, rank) -> sampler with set_epoch
     has_test: bool = True  # video fine-tuning has a multi-view test split; ImageNet does not
     model_cfg: Callable | None = None  # (args) -> dict of create_model kwargs (stored in checkpoints)
+    check_args: Callable | None = None  # (args) -> list of one-line errors (model name, input size), before any build
 
 
 class ShardSampler(Sampler):
@@ -116,9 +119,49 @@ def validate_args(args) -> list[str]:
         errors.append("--model_ema_force_cpu needs --model_ema")
     if getattr(args, "dist_timeout", 1.0) is not None and getattr(args, "dist_timeout", 1.0) <= 0:
         errors.append("--dist_timeout must be > 0 minutes")
+    errors += _check_sizes(args)
     if errors:
         raise SystemExit("error: " + "\n  ".join(errors))
     return warnings
+
+
+def _check_sizes(args) -> list[str]:
+    """Counts and sizes that would otherwise fail deep in the model or the DataLoader (or after training started)."""
+    errors = []
+
+    def need(flag, ok, what):
+        value = getattr(args, flag, None)
+        if value is not None and not ok(value):
+            errors.append(f"--{flag} {value}: must be {what}")
+
+    need("batch_size", lambda v: v >= 1, ">= 1")
+    need("num_workers", lambda v: v >= 0, ">= 0")
+    need("num_frames", lambda v: v >= 1, ">= 1")
+    need("tubelet_size", lambda v: v >= 1, ">= 1")
+    need("input_size", lambda v: v >= 1, ">= 1")
+    for flag in ("test_num_segment", "test_num_crop"):
+        need(flag, lambda v: v >= 1, ">= 1 (views per test video)")
+    if not getattr(args, "eval", False):
+        need("epochs", lambda v: v >= 1, ">= 1")
+        need("lr", lambda v: v > 0, "> 0")
+    frames, tubelet = getattr(args, "num_frames", None), getattr(args, "tubelet_size", None)
+    if frames and tubelet and frames >= 1 and tubelet >= 1 and frames % tubelet:
+        errors.append(f"--num_frames {frames}: must be a multiple of --tubelet_size {tubelet}")
+    return errors
+
+
+def check_output_dir(path: str) -> None:
+    """Create ``path`` and prove it writable now, before data and model are built: one line naming it otherwise."""
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"error: --output_dir {path}: not a writable folder ({type(e).__name__}: "
+                         f"{e.strerror or e})") from None
 
 
 def resolve_resume(args, log=print):
@@ -237,11 +280,12 @@ def run(args, wiring: Wiring) -> dict:
     """Everything after argument parsing. Returns a summary dict (also written to log.txt).
 
     A data error (too many unreadable training files, an unreadable validation/test video without
-    --skip_bad_test), a non-finite loss or a failed collective stops the run with one clean line and exit 1.
+    --skip_bad_test), a malformed or missing list, a failed checkpoint save, a non-finite loss or a failed
+    collective stops the run with one clean line and exit 1.
     """
     try:
         return _run(args, wiring)
-    except (DataError, dist_utils.CollectiveError) as e:
+    except (DataError, CheckpointSaveError, dist_utils.CollectiveError) as e:
         sys.stderr.write(f"stopping: {clean_message(e)}\n")  # every rank that hit it; print is rank 0 only
         sys.stderr.flush()
         sys.exit(1)
@@ -249,6 +293,10 @@ def run(args, wiring: Wiring) -> dict:
 
 def _run(args, wiring: Wiring) -> dict:
     warnings = validate_args(args)
+    if wiring.check_args is not None and (errors := wiring.check_args(args)):
+        raise SystemExit("error: " + "\n  ".join(errors))
+    if not args.dry_run:
+        check_output_dir(args.output_dir)
     dist_utils.init_distributed_mode(args)
     log = print
     for w in warnings:

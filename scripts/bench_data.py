@@ -46,7 +46,7 @@ def recipe_args(recipe: str):
 def model_rate_from_bench(path: str, model: str, frames: int) -> float:
     """clips/s of ``model`` at ``frames`` in a saved scripts/bench_model.py table."""
     seen = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line in f:
             parts = [p.split() for p in line.split("|")]
             if len(parts) < 2 or len(parts[0]) < 2 or not parts[0][0].isdigit() or not parts[1]:

@@ -126,7 +126,7 @@ def _int(s: str) -> Optional[int]:
 def read_class_map(path: str) -> List[str]:
     """A ``labels.txt``: one class name per line, line k = label k; blank lines and duplicates are errors."""
     names = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for i, line in enumerate(f, 1):
             name = line.rstrip("\r\n")
             if not name.strip():
@@ -145,7 +145,7 @@ def read_class_map(path: str) -> List[str]:
 def _kinetics_rows(path: str, split: str, ann: Annotations):
     """(class name, Row without label) of each good row of a Kinetics CSV; bad rows go to ``ann.dropped``."""
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows:
         raise SystemExit(f"error: {path}: empty annotation file")
@@ -210,7 +210,7 @@ def parse_kinetics(train: str, val: str, test: Optional[str] = None, classes_fil
 # ---------------------------------------------------------------------------------------------------------------
 def _load_json(path: str):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise SystemExit(f"error: {path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from e
@@ -280,7 +280,7 @@ def _video_cands(rel: str) -> Tuple[Tuple[str, str], ...]:
 def parse_ucf101(splits_dir: str, split_id: int) -> Annotations:
     class_ind = _need_file(os.path.join(splits_dir, "classInd.txt"), "--splits_dir (classInd.txt)")
     ids = {}
-    with open(class_ind, encoding="utf-8") as f:
+    with open(class_ind, encoding="utf-8-sig") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -297,7 +297,7 @@ def parse_ucf101(splits_dir: str, split_id: int) -> Annotations:
     for split, fname in (("train", f"trainlist0{split_id}.txt"), ("test", f"testlist0{split_id}.txt")):
         path = _need_file(os.path.join(splits_dir, fname), f"--splits_dir ({fname})")
         rows = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -341,7 +341,7 @@ def parse_hmdb51(splits_dir: str, split_id: int) -> Annotations:
     unused = 0
     for label, cls in enumerate(ann.classes):
         path = files[cls]
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -384,7 +384,7 @@ def parse_breakfast(train: str, test: str) -> Annotations:
     ann = Annotations([], {}, sep=",")
     named: Dict[int, Tuple[str, str]] = {}
     for split, path in (("train", train), ("test", test)):
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
         if not rows:
             raise SystemExit(f"error: {path}: empty annotation file")

@@ -79,7 +79,7 @@ def read_label_map(path: str, nb_classes: Optional[int] = None) -> Dict[int, str
 
     Blank lines are ignored in the ``id name`` form only; a malformed or duplicate entry raises ValueError
     naming the file and line."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         lines = [ln.rstrip("\r\n") for ln in f]
     while lines and not lines[-1].strip():
         lines.pop()

@@ -9,10 +9,12 @@ Everything we store (args, model cfg, RNG states) is converted to plain Python /
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 import zipfile
 
@@ -22,6 +24,10 @@ import torch
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (disk full, I/O error, quota); the message names the path and the OS error."""
 
 
 def to_plain(obj):
@@ -81,10 +87,28 @@ def atomic_save(obj, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save wraps a failed write (ENOSPC, EIO) in a RuntimeError
+            raise CheckpointSaveError(f"could not save checkpoint {path}: {_os_reason(e, d)}; "
+                                      f"the file previously there (if any) is unchanged") from None
         raise
+
+
+def _os_reason(e: BaseException, folder: str) -> str:
+    """The OS error behind a failed save (searched through the exception chain), else the free space left."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return f"{errno.errorcode.get(seen.errno, seen.errno)} ({seen.strerror})"
+        seen = seen.__cause__ or seen.__context__
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{first}" + (f" ({free / 2**20:.1f} MiB free in {folder})" if free is not None else "")
 
 
 # Plain-data classes DeepSpeed pickles into its tag files (loss-scaler settings, ZeRO stage, fragment

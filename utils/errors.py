@@ -14,6 +14,14 @@ class TooManyBadSamplesError(DataError):
     """More distinct unreadable training files than --max_bad_samples."""
 
 
+class ListError(DataError, ValueError):
+    """A malformed, empty or out-of-range data list / class folder; the message names the file and line."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data list or data folder that does not exist; the message names it and the flag that set it."""
+
+
 class UnreadableEvalSampleError(DataError):
     """A validation / test video could not be read and --skip_bad_test was not given."""
 
