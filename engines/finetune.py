@@ -257,7 +257,8 @@ def final_test(data_loader, model, file: str, autocast=None, print_freq: int = 1
     metric_logger = MetricLogger(delimiter="  ")
     os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     n_views = n_bad = 0
-    with open(file + ".tmp", "w") as f, open(file + ".bad.tmp", "w") as fbad:
+    tmp, tmp_bad = f"{file}.{os.getpid()}.tmp", f"{file}.bad.{os.getpid()}.tmp"  # unique per run and rank
+    with open(tmp, "w") as f, open(tmp_bad, "w") as fbad:
         for batch in metric_logger.log_every(data_loader, print_freq, "Test:"):
             images, target, ids, chunk_nb, split_nb = batch[:5]
             ok = torch.as_tensor(batch[5], dtype=torch.bool) if len(batch) >= 6 else torch.ones(len(target),
@@ -277,8 +278,8 @@ def final_test(data_loader, model, file: str, autocast=None, print_freq: int = 1
                 else:
                     fbad.write(f"{ids[i]} {int(labels[i])} {int(chunk_nb[i])} {int(split_nb[i])}\n")
                     n_bad += 1
-    os.replace(file + ".tmp", file)
-    os.replace(file + ".bad.tmp", file + ".bad")
+    os.replace(tmp, file)
+    os.replace(tmp_bad, file + ".bad")
     return {"n_views": n_views, "n_bad_views": n_bad}
 
 

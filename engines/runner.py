@@ -36,6 +36,7 @@ from utils.checkpoint_io import (
 )
 from utils.config import dump_args_yaml
 from utils.errors import DataError, clean_message
+from utils.rundir import RunDirBusyError, RunLock
 from utils.logger import TensorboardLogger, append_json_log, drop_epochs_from, update_summary
 from utils.optim import create_optimizer, param_groups_from_args
 from utils.schedules import cosine_scheduler, scale_lrs
@@ -289,6 +290,13 @@ def run(args, wiring: Wiring) -> dict:
         sys.stderr.write(f"stopping: {clean_message(e)}\n")  # every rank that hit it; print is rank 0 only
         sys.stderr.flush()
         sys.exit(1)
+    except RunDirBusyError as e:
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        lock = getattr(args, "_run_lock", None)
+        if lock is not None:
+            lock.release()
+            args._run_lock = None
 
 
 def _run(args, wiring: Wiring) -> dict:
@@ -313,6 +321,8 @@ def _run(args, wiring: Wiring) -> dict:
         raise SystemExit("error: --device cuda requested but no CUDA GPU is visible; pass --device cpu")
     device = torch.device(args.device)
     rank = dist_utils.get_rank()
+    if args.output_dir and not args.dry_run and dist_utils.is_main_process():
+        args._run_lock = RunLock.acquire(args.output_dir, log)  # one run per folder (released when run() ends)
     seed_everything(seed_for(args.seed, 0, rank))
 
     # 1. resume source first: architecture args come from it

@@ -137,3 +137,60 @@ def test_a_failed_save_during_training_stops_in_one_line(tmp_path, monkeypatch, 
     assert e.value.code == 1 and "Traceback" not in err
     (line,) = [x for x in err.splitlines() if "stopping: " in x]
     assert "could not save checkpoint" in line and out in line and "EIO (Input/output error)" in line
+
+
+# ---- one run per output folder ---------------------------------------------------------------------------------------
+def test_a_second_run_into_a_busy_folder_stops_naming_the_first(tmp_path, monkeypatch):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from utils.rundir import LOCK_NAME, RunLock
+
+    out = tmp_path / "o"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live pid on this host
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid,
+                                                 "start": "2026-12-01T10:00:00", "slurm_job_id": None}))
+        with pytest.raises(SystemExit) as e:
+            _run(FAST_FLAGS + ["--output_dir", str(out)])
+        msg = str(e.value)
+        assert msg.startswith(f"error: --output_dir {out} is in use by another run (host {socket.gethostname()}, "
+                              f"pid {holder.pid}, started 2026-12-01T10:00:00")
+        assert not (out / "log.txt").exists()  # nothing written by the second run
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone now: its lock is stale and taken over with a message; released when the run ends
+    logs = []
+    lock = RunLock.acquire(str(out), log=logs.append)
+    assert logs and f"pid {holder.pid} is not running on this host" in logs[0]
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (out / LOCK_NAME).exists()
+    # a requeued SLURM job (same job id, another host) takes its own lock over
+    (out / LOCK_NAME).write_text(json.dumps({"host": "node-17", "pid": 1, "start": "x", "slurm_job_id": "4242"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    RunLock.acquire(str(out), log=logs.append).release()
+    assert "the same SLURM job, requeued" in logs[-1]
+    # ... but another job's live-looking lock on another host is respected
+    (out / LOCK_NAME).write_text(json.dumps({"host": "node-17", "pid": 1, "start": "x", "slurm_job_id": "99"}))
+    from utils.rundir import RunDirBusyError
+
+    with pytest.raises(RunDirBusyError, match="SLURM job 99"):
+        RunLock.acquire(str(out))
+
+
+def test_the_lock_is_released_after_a_run_and_a_failed_run(tmp_path):
+    from utils.rundir import LOCK_NAME
+
+    out = tmp_path / "o"
+    _run(FAST_FLAGS + ["--output_dir", str(out), "--epochs", "1", "--no_test_at_end"])
+    assert (out / "log.txt").exists() and not (out / LOCK_NAME).exists()
+    w = fake_wiring()
+    w.build_dataset = lambda *a: (read_list(str(tmp_path / "missing.csv"), "video"), 4)
+    with pytest.raises(SystemExit):
+        _run(FAST_FLAGS + ["--output_dir", str(out)], w)
+    assert not (out / LOCK_NAME).exists()
