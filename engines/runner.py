@@ -225,6 +225,30 @@ def apply_arch_args(args, ckpt_args: dict, path: str, log=print) -> None:
                          f"drop the flag to resume that run, or use --finetune to start a new run from its weights")
 
 
+# what --eval takes from the checkpoint's stored args unless given: how the run read its data and tested
+EVAL_DATA_KEYS = ("data_set", "sampling_rate", "short_side_size", "test_num_segment", "test_num_crop", "resize_mode")
+
+
+def apply_eval_data_args(args, ckpt_args: dict, path: str, log=print) -> None:
+    """``--eval`` scores what the run trained on: data and view settings from the checkpoint unless given; says
+    where each came from."""
+    explicit = set(getattr(args, "_explicit", ()))
+    took, given = [], []
+    for k in EVAL_DATA_KEYS:
+        if k not in ckpt_args or not hasattr(args, k):
+            continue
+        if k in explicit:
+            if getattr(args, k) != ckpt_args[k]:
+                given.append(f"--{k} {getattr(args, k)!r} (given; the run used {ckpt_args[k]!r})")
+        elif getattr(args, k) != ckpt_args[k]:
+            took.append(f"--{k} {ckpt_args[k]!r}")
+            setattr(args, k, ckpt_args[k])
+    if took:
+        log(f"--eval: data / view settings from {path}: {', '.join(took)}")
+    if given:
+        log(f"--eval: settings given on the command line: {', '.join(given)}")
+
+
 def build_loaders(args, wiring: Wiring, log=print):
     world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
     if args.pin_mem and not torch.cuda.is_available():
@@ -332,6 +356,15 @@ def _run(args, wiring: Wiring) -> dict:
                          "--output_dir with --auto_resume")
     if resume_ckpt is not None and isinstance(resume_ckpt.get("args"), dict):
         apply_arch_args(args, resume_ckpt["args"], resume_path, log)
+        if args.eval:
+            apply_eval_data_args(args, resume_ckpt["args"], resume_path, log)
+    if args.eval and not args.output_dir and resume_path and not args.dry_run:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(resume_path)))[0]
+        args.output_dir = os.path.join(os.path.dirname(os.path.abspath(resume_path)), f"eval-{stem}")
+        log(f"--eval: no --output_dir given; predictions and log.txt go beside the checkpoint, in {args.output_dir}")
+        check_output_dir(args.output_dir)
+        if dist_utils.is_main_process():
+            args._run_lock = RunLock.acquire(args.output_dir, log)
 
     # 2. data
     if args.dry_run and not _lists_exist(args):

@@ -194,3 +194,21 @@ def test_the_lock_is_released_after_a_run_and_a_failed_run(tmp_path):
     with pytest.raises(SystemExit):
         _run(FAST_FLAGS + ["--output_dir", str(out)], w)
     assert not (out / LOCK_NAME).exists()
+
+
+def test_eval_resume_scores_with_the_runs_data_and_view_settings(tmp_path, capsys):
+    out = tmp_path / "o"
+    _run(FAST_FLAGS + ["--output_dir", str(out), "--epochs", "1", "--no_test_at_end", "--short_side_size", "40",
+                       "--test_num_segment", "3", "--test_num_crop", "2", "--data_set", "video"])
+    ckpt = str(out / "checkpoint-best.pth")
+    capsys.readouterr()
+    args = parse_with_config(get_args_parser(), FAST_FLAGS + ["--eval", "--resume", ckpt, "--test_num_crop", "1"])
+    assert (args.short_side_size, args.test_num_segment, args.data_set) != (40, 3, "video")  # parser defaults
+    run(args, fake_wiring())
+    o = capsys.readouterr().out
+    assert (args.short_side_size, args.test_num_segment, args.test_num_crop, args.data_set) == (40, 3, 1, "video")
+    assert f"data / view settings from {ckpt}:" in o and "--short_side_size 40" in o and "--data_set 'video'" in o
+    assert "--test_num_crop 1 (given; the run used 2)" in o
+    beside = out / "eval-checkpoint-best"
+    assert args.output_dir == str(beside) and (beside / "log.txt").exists()
+    assert (beside / "predictions" / "0.txt").exists()  # not in the current folder
