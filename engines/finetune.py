@@ -25,6 +25,7 @@ import torch
 from utils.distributed import all_gather_object, all_reduce_sum, get_rank, is_main_process
 from utils.errors import TooManyBadSamplesError
 from utils.logger import MetricLogger, SmoothedValue
+from utils.seeding import STEP, seed_everything, seed_for
 
 from .backends import cast_input
 
@@ -94,8 +95,16 @@ def _to_list(x):
 def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedule, wd_schedule=None,
                     start_steps: int = 0, num_training_steps_per_epoch: int | None = None, mixup_fn=None,
                     model_ema=None, log_writer=None, on_nonfinite=None, bad_files: BadFileTracker | None = None,
-                    print_freq: int = 10, max_steps: int | None = None) -> dict:
+                    print_freq: int = 10, max_steps: int | None = None, start_iter: int = 0,
+                    guard=None, start_meters: dict | None = None) -> dict:
     """One epoch; lr/wd set per optimizer step from the schedules (index = global optimizer step).
+
+    ``start_iter``: the micro-step to start at (a run resumed mid-epoch; the loader's sampler skips the samples
+    before it). The process RNGs are seeded per micro-step from (seed, epoch, rank, step), so the step's dropout,
+    drop path and mixup draws do not depend on where the run started. ``guard`` (a PreemptionGuard): when any
+    rank has received a stop signal, every rank stops after the same optimizer step and the stats carry
+    ``stopped_at`` (the next micro-step), ``stop_signal`` and ``meters`` (every rank's count and total of every meter
+    so far), which the resumed epoch passes back as ``start_meters`` so its averages are the whole epoch's.
 
     ``on_nonfinite(epoch, step)`` is called on every rank (it saves state, rank-aware) before raising
     NonFiniteLossError. Returns averaged meters plus ``n_new_bad_files`` (distinct unreadable files first seen
@@ -116,11 +125,24 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     header = f"Epoch: [{epoch}]"
     if bad_files is None:
         bad_files = BadFileTracker(getattr(args, "max_bad_samples", 10))
-    n_new_bad = 0
     backend.optimizer.zero_grad(set_to_none=True)
+    if start_iter % update_freq:
+        raise ValueError(f"start_iter {start_iter} is not an optimizer-step boundary (update_freq {update_freq})")
+    if start_iter and hasattr(data_loader.sampler, "start_at"):
+        data_loader.sampler.start_at(start_iter * data_loader.batch_size)
+    rank = get_rank()
+    stop_requested, stopped_at = False, None
+    n_new_bad = 0
+    if start_meters:  # the interrupted part of this epoch: this rank's own sums, added to in the same order
+        mine = start_meters["ranks"][rank]
+        for name in start_meters["ranks"][0]:  # every rank creates the meters in one order (for the all-reduce)
+            metric_logger.meters[name].count, metric_logger.meters[name].total = mine.get(name, (0, 0.0))
+        n_new_bad = int(start_meters.get("n_new_bad_files", 0))
     data_iter = iter(data_loader)
-    for data_iter_step in metric_logger.log_every(range(n_iters), print_freq, header):
+    for data_iter_step in metric_logger.log_every(range(start_iter, n_iters), print_freq, header, total=n_iters,
+                                                  first=start_iter):
         batch = next(data_iter)
+        seed_everything(seed_for(args.seed, epoch, rank, STEP, data_iter_step))
         samples, targets = batch[0], batch[1]
         local_bad = set(bad_files_of(batch)) - bad_files.files
         step = data_iter_step // update_freq
@@ -145,8 +167,10 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
         loss_value = float(loss.item())
         # one all-reduce per step (a CPU tensor: gloo carries it beside NCCL): any rank non-finite stops all
         # ranks; when any rank met new unreadable files, the names are gathered and the run's cap checked.
-        flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(len(local_bad))],
-                                            dtype=torch.float64), name="train step flags")
+        stop_here = 1.0 if guard is not None and guard.requested else 0.0
+        flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(len(local_bad)),
+                                             stop_here], dtype=torch.float64), name="train step flags")
+        stop_requested = stop_requested or flags[2].item() > 0
         if flags[1].item() > 0:
             n_new_bad += bad_files.update(local_bad, epoch)
         if flags[0].item() > 0:
@@ -177,10 +201,19 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
             log_writer.update(head="loss", step=it, loss=loss_value)
             log_writer.update(head="opt", step=it, lr=max(lrs), min_lr=min(lrs), weight_decay=wd,
                               grad_norm=grad_norm, loss_scale=scale)
+        if stop_requested and update and data_iter_step + 1 < n_iters:
+            stopped_at = data_iter_step + 1  # every rank agreed at the same step (the all-reduce above)
+            break
+    if stopped_at is not None:
+        local = {k: [m.count, m.total] for k, m in metric_logger.meters.items()}
+        stopped_meters = {"ranks": all_gather_object(local, name="train meters at the stop"),
+                          "n_new_bad_files": n_new_bad}
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger)
     stats = {k: m.global_avg for k, m in metric_logger.meters.items()}
     stats["n_new_bad_files"] = n_new_bad
+    if stopped_at is not None:
+        stats.update(stopped_at=stopped_at, meters=stopped_meters, stop_signal=getattr(guard, "name", "") or "a signal on another rank")
     return stats
 
 

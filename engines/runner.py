@@ -10,13 +10,11 @@ import dataclasses
 import datetime
 import json
 import os
-import random
 import sys
 import tempfile
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -36,13 +34,15 @@ from utils.checkpoint_io import (
 )
 from utils.config import dump_args_yaml
 from utils.errors import DataError, clean_message
-from utils.rundir import RunDirBusyError, RunLock
 from utils.logger import TensorboardLogger, append_json_log, drop_epochs_from, update_summary
 from utils.optim import create_optimizer, param_groups_from_args
+from utils.rundir import RunDirBusyError, RunLock
 from utils.schedules import cosine_scheduler, scale_lrs
+from utils.seeding import seed_everything, seed_for  # noqa: F401  (re-exported: the one seed rule)
 
 from .backends import build_backend
 from .finetune import BadFileTracker, NonFiniteLossError, evaluate, final_test, merge, train_one_epoch
+from .preemption import PREEMPTED_EXIT, PositionSampler, PreemptionGuard, SeededItems, ignore_stop_signals
 
 # Arguments that define the network; on resume they come from the checkpoint.
 ARCH_KEYS = ("model", "nb_classes", "num_frames", "input_size", "tubelet_size", "bwd_mask", "residual_start",
@@ -74,19 +74,6 @@ class ShardSampler(Sampler):
 
     def __len__(self):
         return len(self.idx)
-
-
-def seed_for(seed: int, epoch: int, rank: int) -> int:
-    """The one seed rule: every (seed, epoch, rank) its own 32-bit seed (rank 1 of seed s never equals rank 0 of
-    seed s+1). Used for the global RNGs and for the train loader's generator, from which the DataLoader derives
-    each worker's torch / numpy / random seeds; so ranks draw different augmentation and a rerun draws the same."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def seed_epoch(args, loader, epoch: int, rank: int) -> None:
@@ -266,9 +253,13 @@ def build_loaders(args, wiring: Wiring, log=print):
         collate = wiring.collate_multi if (args.num_sample > 1 and wiring.collate_multi is not None) else None
         gen = torch.Generator()
         gen.manual_seed(seed_for(args.seed, 0, rank))
-        loaders["train"] = DataLoader(ds_train, sampler=sampler, batch_size=args.batch_size,
-                                      num_workers=args.num_workers, pin_memory=args.pin_mem, drop_last=True,
-                                      collate_fn=collate, generator=gen, persistent_workers=False)
+        # items seeded by (seed, epoch, rank, position) and a sampler that can start mid-epoch: a preempted run
+        # resumes with exactly the draws it would have made (engines/preemption.py)
+        loaders["train"] = DataLoader(SeededItems(ds_train), sampler=PositionSampler(sampler, args.seed, rank),
+                                      batch_size=args.batch_size, num_workers=args.num_workers,
+                                      pin_memory=args.pin_mem, drop_last=True, collate_fn=collate, generator=gen,
+                                      persistent_workers=False,
+                                      worker_init_fn=ignore_stop_signals if args.num_workers > 0 else None)
         if len(loaders["train"]) // args.update_freq == 0:
             raise SystemExit(f"error: {len(ds_train)} training items over {world} ranks x batch {args.batch_size} x "
                              f"update_freq {args.update_freq} give no optimizer step per epoch")
@@ -276,7 +267,8 @@ def build_loaders(args, wiring: Wiring, log=print):
             ds_val, _ = wiring.build_dataset(False, False, args)
             sampler = ShardSampler(len(ds_val), rank, world) if args.dist_eval else None
             loaders["val"] = DataLoader(ds_val, sampler=sampler, batch_size=int(1.5 * args.batch_size) or 1,
-                                        num_workers=args.num_workers, pin_memory=args.pin_mem, drop_last=False)
+                                        num_workers=args.num_workers, pin_memory=args.pin_mem, drop_last=False,
+                                        worker_init_fn=ignore_stop_signals if args.num_workers > 0 else None)
     if wiring.has_test and (args.eval or args.test_at_end):
         ds_test, nbc = wiring.build_dataset(False, True, args)
         nb_classes = nb_classes or nbc
@@ -317,6 +309,10 @@ def run(args, wiring: Wiring) -> dict:
     except RunDirBusyError as e:
         raise SystemExit(f"error: {e}") from None
     finally:
+        guard = getattr(args, "_preemption_guard", None)
+        if guard is not None:
+            guard.restore()
+            args._preemption_guard = None
         lock = getattr(args, "_run_lock", None)
         if lock is not None:
             lock.release()
@@ -429,11 +425,12 @@ def _run(args, wiring: Wiring) -> dict:
     log(f"criterion: {criterion}; back end: {backend.name}; precision: {_precision(args, backend)}")
 
     # 5. resume state
-    start_epoch = args.start_epoch
+    start_epoch, start_iter = args.start_epoch, 0
     best = {"acc1": -1.0, "epoch": -1}
     bad_known: list = []
     if resume_path is not None:
-        start_epoch, best, bad_known = _load_resume(args, backend, model_ema, resume_path, resume_ckpt, reason, log)
+        start_epoch, best, bad_known, start_iter = _load_resume(args, backend, model_ema, resume_path, resume_ckpt,
+                                                                reason, log)
     # the run has started: record its flags (an earlier run's args.yaml is kept as args.N.yaml)
     if args.output_dir and dist_utils.is_main_process():
         kept = dump_args_yaml(args, os.path.join(args.output_dir, "args.yaml"))
@@ -455,12 +452,21 @@ def _run(args, wiring: Wiring) -> dict:
                                    args.warmup_lr, args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
     wd_schedule = cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
-    log(f"training: {args.epochs} epochs x {steps_per_epoch} optimizer steps, start epoch {start_epoch}, "
-        f"first lr {lr_schedule[min(start_epoch * steps_per_epoch, len(lr_schedule) - 1)]:.3e}")
+    start_iter = _check_resume_iter(args, resume_ckpt, start_epoch, start_iter, steps_per_epoch, log)
+    start_meters = (resume_ckpt or {}).get("epoch_meters") if start_iter else None
+    first_step = start_epoch * steps_per_epoch + start_iter // args.update_freq
+    log(f"training: {args.epochs} epochs x {steps_per_epoch} optimizer steps, start epoch {start_epoch}"
+        f"{f' at step {start_iter // args.update_freq}' if start_iter else ''}, "
+        f"first lr {lr_schedule[min(first_step, len(lr_schedule) - 1)]:.3e}")
     bad_files = BadFileTracker(args.max_bad_samples, bad_known, _train_list_name(args))
     t0 = time.time()
     stats = {}
+    guard = PreemptionGuard()
+    guard.__enter__()  # SIGTERM / SIGUSR1: finish the step, save, exit PREEMPTED_EXIT (restored when run() ends)
+    args._preemption_guard = guard
     for epoch in range(start_epoch, args.epochs):
+        if epoch > start_epoch:
+            _stop_if_asked(args, guard, epoch, log)  # a signal during validation / the save: the epoch is saved
         seed_epoch(args, loaders["train"], epoch, rank)
         if log_writer is not None:
             log_writer.set_step(epoch * steps_per_epoch)
@@ -477,11 +483,15 @@ def _run(args, wiring: Wiring) -> dict:
                                           num_training_steps_per_epoch=steps_per_epoch, mixup_fn=mixup_fn,
                                           model_ema=model_ema, log_writer=log_writer, on_nonfinite=on_nonfinite,
                                           bad_files=bad_files, print_freq=args.print_freq,
-                                          max_steps=getattr(args, "max_steps_per_epoch", None))
+                                          max_steps=getattr(args, "max_steps_per_epoch", None),
+                                          start_iter=start_iter if epoch == start_epoch else 0, guard=guard,
+                                          start_meters=start_meters if epoch == start_epoch else None)
         except NonFiniteLossError as e:
             print(f"stopping: {e}")
             dist_utils.cleanup()
             sys.exit(1)
+        if train_stats.get("stopped_at") is not None:
+            _save_preempted(args, backend, model_ema, best, bad_files, steps_per_epoch, epoch, train_stats, log)
         # the epoch's training state is saved before validation, so a failing validation loses nothing
         if args.output_dir and args.save_ckpt:
             names = ["checkpoint-latest.pth"]
@@ -551,12 +561,15 @@ def _precision(args, backend) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(d, "fp32")
 
 
-def _client_state(args, model_ema, best, bad_files, steps_per_epoch=None, epoch=None) -> dict:
+def _client_state(args, model_ema, best, bad_files, steps_per_epoch=None, epoch=None, resume_iter=None) -> dict:
     st = {"args": to_plain({k: v for k, v in vars(args).items() if not k.startswith("_")}), "best": dict(best),
           "bad_files": sorted(bad_files.files), "rng": rng_state(),
           "model_cfg": to_plain(getattr(args, "_model_cfg", {}))}
     if steps_per_epoch is not None and epoch is not None:
         st["global_step"] = int((epoch + 1) * steps_per_epoch)
+    if resume_iter is not None:  # a mid-epoch (preemption) checkpoint: `epoch` is the epoch in progress
+        st.update(resume_iter=int(resume_iter), world_size=dist_utils.get_world_size(),
+                  global_step=int(epoch * steps_per_epoch + resume_iter // args.update_freq))
     if model_ema is not None:
         st["model_ema"] = model_ema.module.state_dict()
     return st
@@ -622,8 +635,60 @@ def _load_resume(args, backend, model_ema, path, ckpt, reason, log):
     log(f"loaded {path} ({reason}); checkpoint epoch {epoch}")
     bad = list(ckpt.get("bad_files") or [])
     if args.eval or epoch is None:
-        return args.start_epoch, best, bad
-    return int(epoch) + 1, best, bad
+        return args.start_epoch, best, bad, 0
+    if ckpt.get("resume_iter"):  # saved mid-epoch on a stop signal: continue the same epoch
+        return int(epoch), best, bad, int(ckpt["resume_iter"])
+    return int(epoch) + 1, best, bad, 0
+
+
+def _check_resume_iter(args, ckpt, epoch, start_iter, steps_per_epoch, log) -> int:
+    """A mid-epoch checkpoint continues at its step only with the batch layout it was cut in (world size, batch,
+    update_freq, steps per epoch); otherwise the epoch restarts from its beginning, said in one line."""
+    if not start_iter:
+        return 0
+    saved = (ckpt or {}).get("args") or {}
+    now = {"world size": dist_utils.get_world_size(), "batch_size": args.batch_size, "update_freq": args.update_freq}
+    then = {"world size": (ckpt or {}).get("world_size"), "batch_size": saved.get("batch_size"),
+            "update_freq": saved.get("update_freq")}
+    changed = [f"{k} {then[k]} -> {now[k]}" for k in now if then[k] is not None and then[k] != now[k]]
+    if changed or start_iter >= steps_per_epoch * args.update_freq:
+        why = ", ".join(changed) or f"step {start_iter} is past this epoch's {steps_per_epoch * args.update_freq}"
+        log(f"warning: the checkpoint stopped epoch {epoch} part-way, but {why}: epoch {epoch} restarts from its "
+            f"first step (its first part is trained again)")
+        return 0
+    log(f"resuming epoch {epoch} at optimizer step {start_iter // args.update_freq} of {steps_per_epoch} (the "
+        f"run was stopped by a signal there; the samples before it are skipped)")
+    return start_iter
+
+
+def _stop_if_asked(args, guard, epoch, log) -> None:
+    """Between epochs (the previous epoch is saved): exit PREEMPTED_EXIT if any rank received a stop signal."""
+    asked = dist_utils.all_reduce_sum(torch.tensor([1.0 if guard.requested else 0.0], dtype=torch.float64),
+                                      name="stop signal check")
+    if asked.item() > 0:
+        where = f"checkpoint-latest.pth in {args.output_dir}" if args.output_dir and args.save_ckpt else "nothing"
+        log(f"stopped by {guard.name or 'a signal on another rank'} before epoch {epoch}: epoch {epoch - 1} is "
+            f"saved ({where}); rerun the same command with --auto_resume to continue (exit {PREEMPTED_EXIT})")
+        dist_utils.cleanup()
+        sys.exit(PREEMPTED_EXIT)
+
+
+def _save_preempted(args, backend, model_ema, best, bad_files, steps_per_epoch, epoch, train_stats, log) -> None:
+    """Every rank stopped after the same optimizer step: save a resumable mid-epoch checkpoint, say so, exit."""
+    it = int(train_stats["stopped_at"])
+    step = it // args.update_freq
+    saved = "nothing saved (no --output_dir or --no_save_ckpt)"
+    if args.output_dir and args.save_ckpt:
+        st = _client_state(args, model_ema, best, bad_files, steps_per_epoch, epoch, resume_iter=it)
+        st["epoch_meters"] = train_stats["meters"]  # so the resumed epoch's log line averages the whole epoch
+        backend.save(args.output_dir, epoch, st, ["checkpoint-latest.pth"])
+        dist_utils.barrier("preemption checkpoint save")
+        saved = f"saved {os.path.join(args.output_dir, 'checkpoint-latest.pth')}"
+    log(f"stopped by {train_stats.get('stop_signal')} at epoch {epoch}, optimizer step {step}/{steps_per_epoch}: "
+        f"{saved}; rerun the same command with --auto_resume to continue from step {step} "
+        f"(exit {PREEMPTED_EXIT})")
+    dist_utils.cleanup()
+    sys.exit(PREEMPTED_EXIT)
 
 
 def _final_test_and_merge(args, test_loader, backend, autocast, log) -> dict:

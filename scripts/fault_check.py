@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -267,6 +268,77 @@ class Check:
         self.record("non-finite loss (lr 1e30)", "stops all ranks, state before the step saved", ok,
                     "stopped, checkpoint-nonfinite.pth" if ok else f"rc {rc}", t0)
 
+    def sigterm_resume(self):
+        """SIGTERM to the whole process group mid-epoch (what a scheduler sends on preemption / time limit)."""
+        t0, out = time.time(), os.path.join(self.work, "sigterm")
+        p = subprocess.Popen(self.cmd(out, "--no_test_at_end"), env=self.env(), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        text = []
+        try:
+            for line in p.stdout:
+                text.append(line)
+                if line.startswith("Epoch: [1] [1/"):
+                    os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=300)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        o = "".join(text)
+        rc, o2 = self.run(out, "--no_test_at_end")
+        ok = p.returncode == 75 and "stopped by SIGTERM at epoch 1" in o and rc == 0 and "resuming epoch 1 at" in o2 \
+            and self.same(self.weights(os.path.join(out, "checkpoint-latest.pth")),
+                          self.weights(os.path.join(self.ref1, "checkpoint-latest.pth")))
+        self.record("SIGTERM mid-epoch, auto-resume", "saves the step, exit 75; resume equals uninterrupted", ok,
+                    "exit 75, resumed mid-epoch, bitwise equal" if ok else f"exit {p.returncode}/{rc}", t0)
+
+    def busy_output_dir(self):
+        t0, out = time.time(), os.path.join(self.work, "busy")
+        os.makedirs(out, exist_ok=True)
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        try:
+            with open(os.path.join(out, ".run.lock"), "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": holder.pid, "start": time.time()}, f)
+            rc, o = self.run(out, "--no_test_at_end", timeout=120)
+        finally:
+            holder.kill()
+            holder.wait()
+        line = next((x for x in o.splitlines() if x.startswith("error:")), "")
+        ok = rc != 0 and "is in use by another run" in line and str(holder.pid) in line and "Traceback" not in o
+        self.record("second run into a busy --output_dir", "stops in one line naming the first run", ok,
+                    line[:70] if ok else f"rc {rc}", t0)
+
+    def bad_flags(self):
+        t0, out = time.time(), os.path.join(self.work, "flags")
+        cases = {"--batch_size 0": ["--batch_size", "0"], "--num_frames 0": ["--num_frames", "0"],
+                 "--input_size 30": ["--input_size", "30"], "--model videomambapro_tiyn": ["--model",
+                                                                                        "videomambapro_tiyn"]}
+        bad = []
+        for name, extra in cases.items():
+            rc, o = self.run(out, "--no_test_at_end", *extra, timeout=120)
+            if rc == 0 or "Traceback" in o or name.split()[0] not in o:
+                bad.append(name)
+        ok = not bad and not os.path.isdir(os.path.join(out, "predictions"))
+        self.record("bad flags (batch 0, frames 0, size 30, model typo)", "one line each naming the flag, before "
+                    "data", ok, "4 one-line errors" if ok else f"traceback or silent: {bad}", t0)
+
+    def bom_list(self):
+        t0, out = time.time(), os.path.join(self.work, "bom")
+        lists = os.path.join(self.work, "bom_lists")
+        os.makedirs(lists, exist_ok=True)
+        for split in ("train", "val", "test"):
+            with open(os.path.join(self.data, f"{split}.csv"), encoding="utf-8") as f:
+                text = f.read()
+            with open(os.path.join(lists, f"{split}.csv"), "w", encoding="utf-8-sig") as f:
+                f.write(text)
+        cmd = self.cmd(out, "--epochs", "1", epochs=1)
+        cmd[cmd.index("--data_path") + 1] = lists
+        r = subprocess.run(cmd, env=self.env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        log = [json.loads(x) for x in open(os.path.join(out, "log.txt"))] if r.returncode == 0 else []
+        ok = bool(log) and log[0].get("val_n_unreadable") == 0 and log[0].get("train_n_new_bad_files") == 0 \
+            and log[-1].get("n_unreadable") == 0 and "Final top-1" in log[-1]
+        self.record("lists saved with a UTF-8 BOM (Excel)", "read as written", ok,
+                    "trained and tested, no unreadable rows" if ok else f"rc {r.returncode}", t0)
+
     def table(self) -> str:
         from ablation_table import format_table  # this folder: one Markdown table layout for the scripts
 
@@ -275,7 +347,8 @@ class Check:
 
 
 SCENARIOS = ("kill9_resume", "killed_rank", "stalled_rank", "corrupt_checkpoints", "pickled_checkpoints",
-             "truncated_tag", "bad_videos", "nonfinite")
+             "truncated_tag", "bad_videos", "nonfinite", "sigterm_resume", "busy_output_dir", "bad_flags",
+             "bom_list")
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,10 @@ T, S, NUM_CLASSES = 2, 4, 3
 SLEEP = float(os.environ.get("FAKE_ITEM_SLEEP", "0"))  # slows items down for kill tests
 # FAKE_STOP_RANK=r FAKE_STOP_AT=n: rank r SIGSTOPs itself at its n-th training item (a stalled rank)
 STOP_RANK, STOP_AT = os.environ.get("FAKE_STOP_RANK"), int(os.environ.get("FAKE_STOP_AT", "0"))
+# FAKE_SIGNAL=SIGUSR1 FAKE_SIGNAL_RANK=r FAKE_SIGNAL_AT=n: rank r's process sends itself the signal at its n-th
+# training item (what a scheduler's warning does to one task; with --num_workers 0 the item runs in the main process)
+SIGNAL, SIGNAL_RANK = os.environ.get("FAKE_SIGNAL"), os.environ.get("FAKE_SIGNAL_RANK", "0")
+SIGNAL_AT = int(os.environ.get("FAKE_SIGNAL_AT", "0"))
 
 
 class TinyLayered(nn.Module):
@@ -92,6 +96,10 @@ class TensorVideos(torch.utils.data.Dataset):
                 import signal
 
                 os.kill(os.getpid(), signal.SIGSTOP)
+            if SIGNAL and SIGNAL_RANK == os.environ.get("RANK", "0") and self.calls == SIGNAL_AT:
+                import signal
+
+                os.kill(os.getpid(), getattr(signal, SIGNAL))
             return self.clips[i] + 0.05 * torch.randn_like(self.clips[i]), self.labels[i], i, ""
         if self.mode == "val":
             return self.clips[i], self.labels[i], f"vid{i}", i not in self.bad

@@ -127,6 +127,28 @@ def test_slurm_wrapper_runs_recipe_per_task(tmp_path):
     assert "--ntasks=16" in log.read_text().split()
 
 
+def test_slurm_wrapper_asks_for_the_warning_signal_and_requeues_a_preempted_run(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # fake srun: record its options, then exit as a preempted run does (75); fake scontrol: record the call
+    (fake / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == -* ]]; do echo "$1" >> "$SRUN_LOG"; shift; '
+                               'done\nexit 75\n')
+    (fake / "scontrol").write_text('#!/usr/bin/env bash\necho "$@" > "$SCONTROL_LOG"\n')
+    for f in ("srun", "scontrol"):
+        (fake / f).chmod(0o755)
+    log, ctl = tmp_path / "srun.log", tmp_path / "scontrol.log"
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", SRUN_LOG=str(log), SCONTROL_LOG=str(ctl),
+               SLURM_JOB_ID="4242")
+    cmd = ["bash", os.path.join(ROOT, "exp/slurm/srun.sh"), os.path.join(ROOT, "exp/k400/videomambapro_tiny_f8_res224.sh")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 75 and "requeueing job 4242" in res.stderr
+    assert "--signal=USR1@300" in log.read_text().split()
+    assert ctl.read_text().split() == ["requeue", "4242"]
+    ctl.unlink()
+    res = subprocess.run(cmd, env=dict(env, REQUEUE="0"), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 75 and not ctl.exists() and "rerun the same command" in res.stderr
+
+
 def test_nb_classes_defaults_to_the_datasets_count(tmp_path):
     """--nb_classes is optional: Kinetics-600 builds a 600-way head even in a dry run with no lists; a generic
     set without lists and without --nb_classes is refused with the flag to pass."""

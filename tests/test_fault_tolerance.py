@@ -292,4 +292,4 @@ def test_fault_check_script_every_scenario_survives(tmp_path):
     res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "fault_check.sh"), "--work", str(tmp_path / "w")],
                          env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-3000:]
-    assert "13 of 13 scenarios survived" in res.stdout
+    assert "17 of 17 scenarios survived" in res.stdout

@@ -83,13 +83,14 @@ class MetricLogger:
         for m in self.meters.values():
             m.synchronize_between_processes()
 
-    def log_every(self, iterable, print_freq: int, header: str = "", total: int | None = None):
-        """Yield items; every print_freq steps print ETA, meters, data/step time and max memory."""
-        total = len(iterable) if total is None else total
+    def log_every(self, iterable, print_freq: int, header: str = "", total: int | None = None, first: int = 0):
+        """Yield items; every print_freq steps print ETA, meters, data/step time and max memory. ``first``: the
+        step number of the first item (an epoch resumed part-way prints [first/total] onwards)."""
+        total = len(iterable) + first if total is None else total
         start = end = time.time()
         iter_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
         width = len(str(total))
-        for i, obj in enumerate(iterable):
+        for i, obj in enumerate(iterable, first):
             data_time.update(time.time() - end)
             yield obj
             iter_time.update(time.time() - end)
@@ -103,7 +104,7 @@ class MetricLogger:
             end = time.time()
         total_time = time.time() - start
         print(f"{header} Total time: {datetime.timedelta(seconds=int(total_time))} "
-              f"({total_time / max(total, 1):.4f} s / it)", flush=True)
+              f"({total_time / max(total - first, 1):.4f} s / it)", flush=True)
 
 
 class TensorboardLogger:
