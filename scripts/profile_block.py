@@ -1,0 +1,266 @@
+"""What one training step of a model keeps for backward, what its scan launches, and whether each exp/ recipe's
+per-GPU batch fits a GPU: measured on the CPU, no GPU needed.
+
+    python scripts/profile_block.py                                  # Ti 64 x 224, batch 8, bf16, + recipes
+    python scripts/profile_block.py --model videomambapro_small --num_frames 32 --no_recipes
+    python scripts/profile_block.py --scan_backend triton            # the GPU path's host code (TRITON_INTERPRET=1)
+
+Saved bytes are counted with ``torch.autograd.graph.saved_tensors_hooks`` on each block of the real model,
+deduplicated by storage, at a short clip (``--probe_frames``, batch 1) under bf16 autocast: what a block saves grows
+linearly with the tokens (every saved tensor is (batch, tokens, ...) or a fixed-size parameter), so bytes per token
+per block carry over to the full shape; the table shows the tokens of both. The scan backend decides what the scan
+saves: ``torch`` (the CPU default) or ``triton`` (the GPU default; its host code runs the kernels through the
+Triton interpreter when ``TRITON_INTERPRET=1``, slower but the same saved set). "ops per block step" counts the
+aten operators one training step dispatches on this path (forward and backward, views left out) divided by the
+depth: an eager proxy for the kernels one block step launches.
+The recipe table predicts each recipe's activation memory per GPU: clips (batch x num_sample) x tokens x
+(bytes per token per block of each block, checkpointed blocks keeping only their inputs) plus one block's
+recompute, plus weights, gradients and AdamW states in fp32; against --gpu_gib (80).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import io
+import os
+import sys
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+PATCH = 16
+_SKIP_OPS = ("detach", "view", "_unsafe_view", "alias", "t.default", "expand", "as_strided", "unsqueeze", "squeeze",
+             "transpose", "permute", "slice", "select", "split", "chunk", "unbind", "lift_fresh")
+
+
+class _CountOps(TorchDispatchMode):
+    """Aten operators dispatched (views and aliases left out: they launch nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if not any(name.startswith("aten." + s) for s in _SKIP_OPS):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+class SavedBytes:
+    """Bytes saved for backward inside a region, each storage counted once."""
+
+    def __init__(self):
+        self.storages: dict = {}
+
+    def pack(self, t):
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            self.storages[(st.data_ptr(), t.device)] = st.nbytes()
+        return t
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+def tokens_of(num_frames: int, input_size: int, tubelet: int = 1) -> int:
+    return (num_frames // tubelet) * (input_size // PATCH) ** 2 + 1
+
+
+def _build(model: str, frames: int, size: int):
+    import timm
+
+    import models  # noqa: F401  (registers the architectures)
+
+    return timm.create_model(model, pretrained=False, num_frames=frames, img_size=size, num_classes=400)
+
+
+def profile_model(model: str, probe_frames: int = 2, size: int = 224, dtype: str = "bf16") -> dict:
+    """Measure one training step of ``model`` at (1, 3, probe_frames, size, size): bytes saved for backward per
+    token by each block and outside the blocks, each block's input bytes per token (all that a checkpointed block
+    keeps), and aten ops per block step."""
+    torch.manual_seed(0)
+    net = _build(model, probe_frames, size)
+    net.train()
+    x = torch.randn(1, 3, probe_frames, size, size)
+    L = tokens_of(probe_frames, size, getattr(net, "tubelet_size", 1))
+    blocks = list(getattr(net, "layers", None) or net.blocks)
+    per_block, outer = [SavedBytes() for _ in blocks], SavedBytes()
+    stack = []
+
+    inputs = [SavedBytes() for _ in blocks]  # what a checkpointed block keeps: its inputs
+
+    def pre(i):
+        def f(mod, inp):
+            for t in inp:
+                inputs[i].pack(t)
+            ctx = per_block[i].hooks()
+            ctx.__enter__()
+            stack.append(ctx)
+        return f
+
+    def post(mod, inp, out):
+        stack.pop().__exit__(None, None, None)
+
+    handles = [b.register_forward_pre_hook(pre(i)) for i, b in enumerate(blocks)]
+    handles += [b.register_forward_hook(post) for b in blocks]
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    counter = _CountOps()
+    try:
+        with cast, outer.hooks(), counter:
+            out = net(x)
+            out.float().sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    block_bytes = [b.total for b in per_block]
+    outer_bytes = max(0, outer.total - sum(block_bytes))  # the outer hooks see the blocks' tensors too
+    n_params = sum(p.numel() for p in net.parameters())
+    return dict(model=model, probe_tokens=L, depth=len(blocks), embed_dim=net.embed_dim, n_params=n_params,
+                block_bytes_per_token=[b / L for b in block_bytes], outer_bytes_per_token=outer_bytes / L,
+                checkpointed_bytes_per_token=[b.total / L for b in inputs],
+                ops_per_block_step=round(counter.n / len(blocks)))
+
+
+def predict_gib(prof: dict, clips: int, tokens: int, checkpoint_num: int | None) -> float:
+    """Predicted GiB per GPU for ``clips`` clips of ``tokens`` tokens; ``checkpoint_num``: None = no activation
+    checkpointing, <= 0 = all blocks, else the first N blocks."""
+    full = prof["block_bytes_per_token"]
+    depth = len(full)
+    n_ckpt = 0 if checkpoint_num is None else (depth if checkpoint_num <= 0 else min(depth, checkpoint_num))
+    kept = prof["checkpointed_bytes_per_token"]
+    per_token = sum(kept[:n_ckpt]) + sum(full[n_ckpt:]) + prof["outer_bytes_per_token"]
+    if n_ckpt:
+        per_token += max(full)  # one block recomputed at a time in the backward
+    states = prof["n_params"] * 16  # fp32 weights, gradients, AdamW exp_avg and exp_avg_sq
+    return (clips * tokens * per_token + states) / 2 ** 30
+
+
+def least_checkpointing(prof: dict, clips: int, tokens: int, budget_gib: float):
+    """The fewest checkpointed blocks (first N) whose prediction fits ``budget_gib``: None when none are needed,
+    0 (all blocks) when even all do not fit or all are needed."""
+    depth = len(prof["block_bytes_per_token"])
+    if predict_gib(prof, clips, tokens, None) <= budget_gib:
+        return None
+    for n in range(1, depth):
+        if predict_gib(prof, clips, tokens, n) <= budget_gib:
+            return n
+    return 0
+
+
+def scan_row(model_prof: dict, batch: int, tokens: int) -> dict:
+    from mamba.ops.scan_triton import scan_launch_plan
+
+    return scan_launch_plan(batch, 2 * model_prof["embed_dim"], tokens)
+
+
+def recipe_rows(gpu_gib: float, dtype: str = "bf16", probe_frames: int = 2, cache=None, headroom: float = 0.85) -> list:
+    """One row per exp/ video recipe: model, frames, size, clips per GPU, its checkpointing, predicted GiB, fits
+    (under ``gpu_gib``), and the least checkpointing that fits ``headroom x gpu_gib`` (allocator slack, workspace
+    and the transient tensors the count leaves out). Profiles are per (model, size) and reused across frames."""
+    from scripts.recipes_table import capture, parse
+
+    cache = {} if cache is None else cache
+    rows = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "exp", "*", "*.sh"))):
+        rel = os.path.relpath(path, os.path.join(ROOT, "exp"))
+        if rel.split(os.sep)[0] in ("demo", "slurm", "imagenet", "upstream") or rel == "launch.sh":
+            continue
+        try:
+            argv, _ = capture(path)
+        except RuntimeError:
+            continue
+        if os.path.basename(argv[0]) != "run_class_finetuning.py":
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            a = parse(argv)
+        key = (a.model, a.input_size)
+        if key not in cache:
+            cache[key] = profile_model(a.model, probe_frames, a.input_size, dtype)
+        prof = cache[key]
+        tokens = tokens_of(a.num_frames, a.input_size, a.tubelet_size or 1)
+        clips = a.batch_size * max(1, a.num_sample)
+        ck = a.checkpoint_num if a.use_checkpoint else None
+        gib = predict_gib(prof, clips, tokens, ck)
+        least = least_checkpointing(prof, clips, tokens, headroom * gpu_gib)
+        rows.append(dict(recipe=rel, model=a.model, frames=a.num_frames, size=a.input_size, clips=clips,
+                         tokens=tokens, checkpoint=_ck_name(ck), gib=gib, fits=gib <= gpu_gib,
+                         least=_ck_name(least), least_gib=predict_gib(prof, clips, tokens, least)))
+    return rows
+
+
+def _ck_name(ck) -> str:
+    return "off" if ck is None else ("all" if ck <= 0 else str(ck))
+
+
+def _table(header, rows) -> str:
+    w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows])
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="videomambapro_tiny")
+    p.add_argument("--compare", default="videomamba_tiny,timesformer_tiny",
+                   help="comma-separated models profiled beside --model")
+    p.add_argument("--num_frames", type=int, default=64)
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--probe_frames", type=int, default=2, help="frames of the measured clip (batch 1)")
+    p.add_argument("--scan_backend", default=None, help="torch (CPU default) or triton (needs TRITON_INTERPRET=1)")
+    p.add_argument("--gpu_gib", type=float, default=80.0)
+    p.add_argument("--headroom", type=float, default=0.85,
+                   help="fraction of --gpu_gib the suggested checkpointing aims under (default 0.85)")
+    p.add_argument("--no_recipes", action="store_true", help="skip the exp/ recipe memory table")
+    args = p.parse_args(argv)
+    if args.scan_backend:
+        from mamba.ops.backend import set_scan_backend
+
+        set_scan_backend(args.scan_backend)
+    names = [args.model] + [m for m in args.compare.split(",") if m and m != args.model]
+    tokens = tokens_of(args.num_frames, args.input_size)
+    rows, profs = [], {}
+    for m in names:
+        prof = profs[m] = profile_model(m, args.probe_frames, args.input_size, args.dtype)
+        per, kept = prof["block_bytes_per_token"], prof["checkpointed_bytes_per_token"]
+        rows.append([m, prof["probe_tokens"], f"{sum(per) / len(per):,.0f}", f"{sum(kept) / len(kept):,.0f}",
+                     prof["ops_per_block_step"], f"{predict_gib(prof, args.batch_size, tokens, None):.1f}",
+                     f"{predict_gib(prof, args.batch_size, tokens, 0):.1f}"])
+    print(f"saved for backward per token per block ({args.dtype}, measured at batch 1 x {args.probe_frames} frames; "
+          f"predicted GiB at batch {args.batch_size} x {args.num_frames} x {args.input_size} = {tokens:,} tokens)")
+    print(_table(["model", "probe tokens", "B/token/block", "checkpointed", "ops/block step", "GiB", "GiB ckpt all"],
+                 rows))
+    out = dict(models=profs)
+    main_prof = profs[args.model]
+    if "mamba" in args.model:
+        plan = scan_row(main_prof, args.batch_size, tokens)
+        out["scan"] = plan
+        print(f"\nscan launches per block step at b={args.batch_size}, d_inner={2 * main_prof['embed_dim']}, "
+              f"L={tokens:,}: {plan['launches']['fwd']} forward + {plan['launches']['bwd']} backward; "
+              f"{plan['programs']:,} programs (grid {plan['grid']}), chunk {plan['chunk']}, "
+              f"{plan['chunk_iterations']} sequential chunk iterations (both directions)")
+    if not args.no_recipes:
+        cache = {(m, args.input_size): v for m, v in profs.items()}
+        rr = recipe_rows(args.gpu_gib, args.dtype, args.probe_frames, cache, args.headroom)
+        out["recipes"] = rr
+        print(f"\npredicted activation + optimizer memory per GPU of each exp/ recipe (against {args.gpu_gib:g} GiB; "
+              f"'least': the fewest checkpointed blocks under {args.headroom:g} x {args.gpu_gib:g} GiB)")
+        print(_table(["recipe", "clips/GPU", "tokens", "act. ckpt", "GiB", "fits", "least", "GiB at least"],
+                     [[r["recipe"], r["clips"], f"{r['tokens']:,}", r["checkpoint"], f"{r['gib']:.1f}",
+                       "yes" if r["fits"] else "NO", r["least"], f"{r['least_gib']:.1f}"] for r in rr]))
+    return out
+
+
+if __name__ == "__main__":
+    main()
