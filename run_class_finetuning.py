@@ -160,6 +160,10 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--fc_drop_rate", type=float, default=0.0)
     g.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
     g.add_argument("--checkpoint_num", default=0, type=int, help="number of blocks to checkpoint")
+    g.add_argument("--mixer_recompute", default=None, choices=("none", "inner", "all"),
+                   help="Mamba models: what each mixer's backward recomputes instead of keeping. inner (default): "
+                        "keeps its in_proj input and output only (Ti bf16: ~3.5 kB per token per block); none: "
+                        "keeps everything (~26 kB; fastest when memory allows); all: keeps its input only (~1.2 kB)")
     g.add_argument("--model_ema", action="store_true", default=False)
     g.add_argument("--no_model_ema", action="store_false", dest="model_ema", help="EMA off (VideoMamba's image runs)")
     g.add_argument("--model_ema_decay", type=float, default=0.9999)
@@ -364,6 +368,10 @@ def build_model(args, meta: bool = False):
         if "Unknown model" in str(e):
             raise SystemExit(f"error: --model {args.model}: {e}") from e
         raise
+    if hasattr(model, "set_mixer_recompute"):
+        mode = args.mixer_recompute or DEFAULT_MIXER_RECOMPUTE
+        model.set_mixer_recompute(mode)
+        print(f"mixer recompute: {mode}{'' if args.mixer_recompute else ' (default)'}")
     options = getattr(model, "options", None)
     if isinstance(options, dict):  # the resolved VideoMambaPro options, stored in checkpoints as model_cfg
         args._model_cfg.update(options)
@@ -372,6 +380,7 @@ def build_model(args, meta: bool = False):
 
 
 PATCH_SIZE = 16  # every registered video / image model embeds 16 x 16 patches
+DEFAULT_MIXER_RECOMPUTE = "inner"  # --mixer_recompute when not given (scripts/profile_block.py: Ti 3,444 B/token/block)
 
 
 def check_args(args) -> list:
@@ -387,6 +396,14 @@ def check_args(args) -> list:
         return [f"--model {args.model} is not a registered model; {hint}"]
     if args.input_size and args.input_size % PATCH_SIZE:
         return [f"--input_size {args.input_size}: must be a multiple of the patch size {PATCH_SIZE}"]
+    if getattr(args, "mixer_recompute", None):
+        import timm
+
+        with torch.device("meta"):
+            net = timm.create_model(args.model, pretrained=False)
+        if not hasattr(net, "set_mixer_recompute"):
+            return [f"--mixer_recompute {args.mixer_recompute}: --model {args.model} has no Mamba mixer (it applies "
+                    f"to the videomamba / videomambapro models)"]
     return []
 
 

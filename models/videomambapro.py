@@ -188,6 +188,16 @@ class VideoMambaPro(nn.Module):
     def set_grad_checkpointing(self, enable=True):
         self.use_checkpoint = enable
 
+    def set_mixer_recompute(self, mode: str = "inner"):
+        """What every block's mixer recomputes in the backward instead of keeping (``mamba.modules.RECOMPUTE``:
+        none / inner / all); values and gradients do not change, only memory and time."""
+        from mamba.modules.bimamba import RECOMPUTE
+
+        if mode not in RECOMPUTE:
+            raise ValueError(f"mixer recompute must be one of {RECOMPUTE}, got {mode!r}")
+        for layer in self.layers:
+            layer.mixer.recompute = mode
+
     def get_classifier(self):
         return self.head
 

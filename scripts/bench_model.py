@@ -49,6 +49,8 @@ def bench_one(name, frames, args, device):
     model = timm.create_model(name, **kw).to(device)
     if args.use_checkpoint:
         model.set_grad_checkpointing(True)
+    if args.mixer_recompute and hasattr(model, "set_mixer_recompute"):
+        model.set_mixer_recompute(args.mixer_recompute)
     x = torch.randn(args.batch_size, 3, frames, args.img_size, args.img_size, device=device)
     y = torch.randint(0, 400, (args.batch_size,), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
@@ -108,7 +110,7 @@ def _flops(name, frames, args):
         return float("nan")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", nargs="+", default=None, help="registered model names (default: --size's pair)")
@@ -123,8 +125,14 @@ def main(argv=None):
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing of all blocks")
     p.add_argument("--scan_backend", default=None, help="auto|reference|torch|cuda|triton")
+    p.add_argument("--mixer_recompute", choices=("none", "inner", "all"), default="inner",
+                   help="Mamba models' mixer recompute (default inner, as training)")
     p.add_argument("--mem_worker", nargs=2, metavar=("MODEL", "FRAMES"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
     args.size = args.size or ("test" if cpu else "tiny")
@@ -147,7 +155,7 @@ def main(argv=None):
         return
     ref = next((n for n in names if n.startswith("videomambapro_")), names[0])
     print(f"device {device}, img {args.img_size}, batch {args.batch_size}, scan backend {resolve_backend(device.type)}, "
-          f"bf16 {args.bf16}, threads {torch.get_num_threads()}; ratios vs {ref}")
+          f"bf16 {args.bf16}, mixer recompute {args.mixer_recompute}, threads {torch.get_num_threads()}; ratios vs {ref}")
     mem_name = "peak MiB" if not cpu else "peak RSS +MiB"
     w = max(len(n) for n in names)
     print(f"{'frames':>6} {'model':<{w}} {'tokens':>7} {'GFLOPs':>8} | {'clips/s':>8} {'x ref':>6} | "

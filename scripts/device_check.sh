@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Prove the GPU path on ONE GPU in under 8 minutes, then print one summary table (check, status, seconds,
+# Prove the GPU path on ONE GPU in about 8 minutes (the stage timeouts add up to 520 s), then print one summary table (check, status, seconds,
 # key figure); exit status 1 if any check failed.
 #
 #   1. gpu tests     python -m pytest -m gpu -q (full-size Triton kernels vs the reference, fp32 / bf16)
 #   2. bench         scripts/bench_gpu.py at the Ti and S shapes, 8 frames: fused Triton scan vs two mamba-ssm
 #                    calls (when installed), fraction of the bandwidth floor, VideoMambaPro / VideoMamba step
+#   2b. step64       one 64-frame training step, Pro-Ti vs TimeSformer-Ti (224, batch 8, bf16): clips/s and peak
+#                    MiB side by side, with --mixer_recompute inner (the default) and none
 #   3. data          synthetic videos at 224 px, 8 frames (scripts/make_synthetic_dataset.py), sized so one
 #                    epoch is STEPS optimizer steps at batch BATCH
 #   4. train native  exp/k400/videomambapro_tiny_f8_res224.sh (torchrun, GPUS=1, bf16) for one epoch
@@ -16,8 +18,9 @@
 #                                              # flag parsing, tiny dataset, recipe through DRY_RUN=1)
 #
 # Environment: WORK (scratch folder, default a new temp dir), STEPS (30), BATCH (16 videos per step; the
-# recipe's --num_sample 2 makes it 32 clips), RECIPE, PYTHON, TIMEOUT_<STAGE> in seconds (TESTS 90, BENCH 140,
-# DATA 40, NATIVE 80, DS 90, EVAL 40: 480 s in all; the Triton JIT cache is shared).
+# recipe's --num_sample 2 makes it 32 clips), RECIPE, PYTHON, TIMEOUT_<STAGE> in seconds (TESTS 80, BENCH 120,
+# STEP64 35 twice, DATA 40, NATIVE 80, DS 90, EVAL 40: 520 s at most;
+# the Triton JIT cache is shared).
 set -uo pipefail
 
 MODE=gpu
@@ -73,6 +76,10 @@ run() {
 
 none() { echo "-"; }
 
+key_step64() {  # "videomambapro_tiny C clips/s P MiB vs timesformer_tiny ..." from bench_model's table rows
+    awk '$1 == 64 && $2 ~ /^(videomambapro_tiny|timesformer_tiny)$/ { printf "%s %s clips/s %s MiB; ", $2, $6, $9 }' "$1"
+}
+
 key_tests() { grep -E '[0-9]+ (passed|failed|errors?|tests? collected)' "$1" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//'; }
 
 key_bench() { "$PYTHON" scripts/bench_gpu.py --key_figures "$WORK/bench.json"; }
@@ -109,9 +116,16 @@ if [ "$MODE" = gpu ]; then
         echo "device_check.sh: no CUDA GPU visible (use --cpu-dry to check the script without one)" >&2
         exit 2
     fi
-    run "gpu tests" "${TIMEOUT_TESTS:-90}" key_tests "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
-    run bench "${TIMEOUT_BENCH:-140}" key_bench "$PYTHON" scripts/bench_gpu.py --sizes Ti S --frames 8 \
+    run "gpu tests" "${TIMEOUT_TESTS:-80}" key_tests "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
+    run bench "${TIMEOUT_BENCH:-120}" key_bench "$PYTHON" scripts/bench_gpu.py --sizes Ti S --frames 8 \
         --backends triton cuda --json "$WORK/bench.json"
+    # 64-frame training step, Pro-Ti vs TimeSformer-Ti (224, batch 8, bf16): clips/s and peak GiB, for each mixer
+    # recompute mode (inner is the training default; none keeps everything)
+    for mode in inner none; do
+        run "step64 $mode" "${TIMEOUT_STEP64:-35}" key_step64 "$PYTHON" scripts/bench_model.py --models \
+            videomambapro_tiny timesformer_tiny --frames 64 --img_size 224 --batch_size 8 --bf16 --iters 2 \
+            --mixer_recompute "$mode"
+    done
     run data "${TIMEOUT_DATA:-40}" key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" \
         --num_classes 4 --train_per_class "$PER_CLASS" --val_per_class 5 --test_per_class 5 --frames 8 --size 224
     run "train native" "${TIMEOUT_NATIVE:-80}" key_native env OUTPUT_DIR="$WORK/native" bash "$RECIPE" \
@@ -126,6 +140,9 @@ else
     run bench 120 none "$PYTHON" -c "import sys; sys.path.insert(0, 'scripts'); import bench_gpu as b; \
 a = b.parse_args(['--sizes', 'Ti', 'S', '--frames', '8', '--backends', 'triton', 'cuda', '--json', 'x.json']); \
 assert a.sizes == ['Ti', 'S'] and a.model and a.scan"
+    run "step64 inner" 120 none "$PYTHON" -c "import sys; sys.path.insert(0, 'scripts'); import bench_model as b; \
+a = b.parse_args(['--models', 'videomambapro_tiny', 'timesformer_tiny', '--frames', '64', '--img_size', '224', \
+'--batch_size', '8', '--bf16', '--iters', '2', '--mixer_recompute', 'none']); assert a.mixer_recompute == 'none'"
     run data 120 key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --num_classes 4 \
         --train_per_class $(( (BATCH + 3) / 4 )) --val_per_class 1 --test_per_class 1 --frames 8 --size 32
     # --eval's --resume target: a placeholder checkpoint (no weights: the dry run builds the model on meta)

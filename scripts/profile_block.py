@@ -4,6 +4,10 @@ per-GPU batch fits a GPU: measured on the CPU, no GPU needed.
     python scripts/profile_block.py                                  # Ti 64 x 224, batch 8, bf16, + recipes
     python scripts/profile_block.py --model videomambapro_small --num_frames 32 --no_recipes
     python scripts/profile_block.py --scan_backend triton            # the GPU path's host code (TRITON_INTERPRET=1)
+    python scripts/profile_block.py --mixer_recompute none --no_recipes   # keep every mixer intermediate
+
+The Mamba models are profiled with the training default ``--mixer_recompute inner`` unless told otherwise (each
+recipe with its own flag): the mixer keeps its in_proj input and output and recomputes the rest in the backward.
 
 Saved bytes are counted with ``torch.autograd.graph.saved_tensors_hooks`` on each block of the real model,
 deduplicated by storage, at a short clip (``--probe_frames``, batch 1) under bf16 autocast: what a block saves grows
@@ -84,12 +88,15 @@ def _build(model: str, frames: int, size: int):
     return timm.create_model(model, pretrained=False, num_frames=frames, img_size=size, num_classes=400)
 
 
-def profile_model(model: str, probe_frames: int = 2, size: int = 224, dtype: str = "bf16") -> dict:
+def profile_model(model: str, probe_frames: int = 2, size: int = 224, dtype: str = "bf16",
+                  mixer_recompute: str | None = None) -> dict:
     """Measure one training step of ``model`` at (1, 3, probe_frames, size, size): bytes saved for backward per
     token by each block and outside the blocks, each block's input bytes per token (all that a checkpointed block
     keeps), and aten ops per block step."""
     torch.manual_seed(0)
     net = _build(model, probe_frames, size)
+    if mixer_recompute and hasattr(net, "set_mixer_recompute"):
+        net.set_mixer_recompute(mixer_recompute)
     net.train()
     x = torch.randn(1, 3, probe_frames, size, size)
     L = tokens_of(probe_frames, size, getattr(net, "tubelet_size", 1))
@@ -183,9 +190,10 @@ def recipe_rows(gpu_gib: float, dtype: str = "bf16", probe_frames: int = 2, cach
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             a = parse(argv)
-        key = (a.model, a.input_size)
+        mode = getattr(a, "mixer_recompute", None) or _default_recompute()
+        key = (a.model, a.input_size, mode)
         if key not in cache:
-            cache[key] = profile_model(a.model, probe_frames, a.input_size, dtype)
+            cache[key] = profile_model(a.model, probe_frames, a.input_size, dtype, mode)
         prof = cache[key]
         tokens = tokens_of(a.num_frames, a.input_size, a.tubelet_size or 1)
         clips = a.batch_size * max(1, a.num_sample)
@@ -196,6 +204,12 @@ def recipe_rows(gpu_gib: float, dtype: str = "bf16", probe_frames: int = 2, cach
                          tokens=tokens, checkpoint=_ck_name(ck), gib=gib, fits=gib <= gpu_gib,
                          least=_ck_name(least), least_gib=predict_gib(prof, clips, tokens, least)))
     return rows
+
+
+def _default_recompute() -> str:
+    from run_class_finetuning import DEFAULT_MIXER_RECOMPUTE
+
+    return DEFAULT_MIXER_RECOMPUTE
 
 
 def _ck_name(ck) -> str:
@@ -219,6 +233,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--probe_frames", type=int, default=2, help="frames of the measured clip (batch 1)")
     p.add_argument("--scan_backend", default=None, help="torch (CPU default) or triton (needs TRITON_INTERPRET=1)")
+    p.add_argument("--mixer_recompute", choices=("none", "inner", "all"), default=None,
+                   help="Mamba mixers' recompute mode (default: run_class_finetuning.py's, inner)")
     p.add_argument("--gpu_gib", type=float, default=80.0)
     p.add_argument("--headroom", type=float, default=0.85,
                    help="fraction of --gpu_gib the suggested checkpointing aims under (default 0.85)")
@@ -231,13 +247,15 @@ def main(argv=None) -> dict:
     names = [args.model] + [m for m in args.compare.split(",") if m and m != args.model]
     tokens = tokens_of(args.num_frames, args.input_size)
     rows, profs = [], {}
+    mode = args.mixer_recompute or _default_recompute()
     for m in names:
-        prof = profs[m] = profile_model(m, args.probe_frames, args.input_size, args.dtype)
+        prof = profs[m] = profile_model(m, args.probe_frames, args.input_size, args.dtype, mode)
         per, kept = prof["block_bytes_per_token"], prof["checkpointed_bytes_per_token"]
         rows.append([m, prof["probe_tokens"], f"{sum(per) / len(per):,.0f}", f"{sum(kept) / len(kept):,.0f}",
                      prof["ops_per_block_step"], f"{predict_gib(prof, args.batch_size, tokens, None):.1f}",
                      f"{predict_gib(prof, args.batch_size, tokens, 0):.1f}"])
-    print(f"saved for backward per token per block ({args.dtype}, measured at batch 1 x {args.probe_frames} frames; "
+    print(f"saved for backward per token per block ({args.dtype}, mixer recompute {mode}, measured at batch 1 x "
+          f"{args.probe_frames} frames; "
           f"predicted GiB at batch {args.batch_size} x {args.num_frames} x {args.input_size} = {tokens:,} tokens)")
     print(_table(["model", "probe tokens", "B/token/block", "checkpointed", "ops/block step", "GiB", "GiB ckpt all"],
                  rows))
@@ -251,7 +269,7 @@ def main(argv=None) -> dict:
               f"{plan['programs']:,} programs (grid {plan['grid']}), chunk {plan['chunk']}, "
               f"{plan['chunk_iterations']} sequential chunk iterations (both directions)")
     if not args.no_recipes:
-        cache = {(m, args.input_size): v for m, v in profs.items()}
+        cache = {(m, args.input_size, mode): v for m, v in profs.items()}
         rr = recipe_rows(args.gpu_gib, args.dtype, args.probe_frames, cache, args.headroom)
         out["recipes"] = rr
         print(f"\npredicted activation + optimizer memory per GPU of each exp/ recipe (against {args.gpu_gib:g} GiB; "

@@ -63,6 +63,18 @@ def test_input_size_and_unknown_model_rejected_with_close_names():
     assert rcf.check_args(args) == []
 
 
+def test_mixer_recompute_is_applied_to_mamba_models_and_refused_for_the_others():
+    args = parse_with_config(get_args_parser(), ["--model", "timesformer_tiny", "--mixer_recompute", "all"])
+    assert rcf.check_args(args) == ["--mixer_recompute all: --model timesformer_tiny has no Mamba mixer (it applies "
+                                    "to the videomamba / videomambapro models)"]
+    for given, want in ((None, "inner"), ("none", "none"), ("all", "all")):
+        flags = ["--model", "videomambapro_test", "--num_frames", "4", "--input_size", "32", "--nb_classes", "3"]
+        args = parse_with_config(get_args_parser(), flags + (["--mixer_recompute", given] if given else []))
+        assert rcf.check_args(args) == []
+        model = rcf.build_model(args)
+        assert {layer.mixer.recompute for layer in model.layers} == {want}
+
+
 def test_output_dir_under_a_file_is_one_line_before_data(tmp_path):
     f = tmp_path / "a_file"
     f.write_text("x")

@@ -195,13 +195,15 @@ def _fresh_videos(tmp_path, per_class=2, seed=123):
 
 
 def test_reduced_demo_learns_motion(tmp_path):
-    """The demo recipe with 10 of its 16 epochs (about 3 minutes on 2 CPU cores): well above chance (25%) on the
-    motion-direction test set, and infer_video.py labels fresh videos correctly from its checkpoint."""
+    """The demo recipe's whole 16-epoch schedule on 400 instead of 600 training videos (about 3.5 minutes on 2 CPU
+    cores): well above chance (25%) on the motion-direction test set, and infer_video.py labels fresh videos
+    correctly from its checkpoint. (Cutting the schedule to 10 epochs instead left the model at the edge of taking
+    off, 52-72% depending on the random streams; the whole schedule is what the demo is.)"""
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
-    res = run_demo.main(["--data_path", data, "--output_dir", out, "--epochs", "10", "--test_per_class", "10"])
-    assert res["top1"] >= 60.0, res  # chance is 25%; the full demo (16 epochs) reaches 94%
-    # 20 fresh videos: after 10 epochs the model is at ~70% test top-1 (it varies across CPUs), so 8 videos with a
-    # 6-right bar was a coin toss; 10 of 20 right is far above chance (P < 2% at 25%) and holds at ~70% accuracy
+    res = run_demo.main(["--data_path", data, "--output_dir", out, "--train_per_class", "100",
+                         "--test_per_class", "10"])
+    assert res["top1"] >= 60.0, res  # chance is 25%; measured 87.5% (the full demo, 600 videos: 100%)
+    # 20 fresh videos: 10 right is far above chance (P < 2% at 25%) and holds with room at ~85% accuracy
     vids = _fresh_videos(tmp_path, per_class=5)
     r = infer_video.main(["--ckpt", res["checkpoint"], "--label_map", res["labels"]] + [v for v, _ in vids])
     right = sum(x["topk"][0]["id"] == label for x, (_, label) in zip(r, vids))

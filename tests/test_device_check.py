@@ -11,7 +11,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "device_check.sh")
-STAGES = ["gpu tests", "bench", "data", "train native", "train ds", "eval"]
+STAGES = ["gpu tests", "bench", "step64 inner", "data", "train native", "train ds", "eval"]
 
 
 def _run(tmp_path, *args, **env):

@@ -138,3 +138,43 @@ def test_bad_options_and_input():
         BiMamba(8, residual_start="first")
     with pytest.raises(ValueError, match="expects"):
         BiMamba(8)(torch.randn(2, 3, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kw", [{}, dict(bwd_mask=False, residual_start="forward"), dict(gate=False)])
+def test_recompute_modes_keep_values_and_gradients_and_keep_less(dtype, kw):
+    """--mixer_recompute inner / all: the same outputs and gradients as keeping everything (bitwise: the recompute
+    runs the same kernels on the same inputs), with a fraction of the bytes saved for backward."""
+    m = _mixer(d=16, **kw)
+    X = torch.randn(2, 37, 16, dtype=torch.float64)
+    if dtype == torch.bfloat16:
+        m, X = m.float(), X.float()
+    results = {}
+    for mode in ("none", "inner", "all"):
+        m.recompute = mode
+        m.zero_grad()
+        x = X.clone().requires_grad_()
+        saved = {}
+
+        def pack(t, saved=saved):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        cast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else torch.autocast(
+            "cpu", enabled=False)
+        with cast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = m(x)
+        y.float().square().sum().backward()
+        params = sum(p.numel() * p.element_size() for p in m.parameters())
+        results[mode] = (y.detach(), x.grad, {n: p.grad.clone() for n, p in m.named_parameters()},
+                         sum(saved.values()) - params)
+    y0, gx0, gp0, s0 = results["none"]
+    for mode in ("inner", "all"):
+        y, gx, gp, s = results[mode]
+        assert torch.equal(y, y0) and torch.equal(gx, gx0), mode
+        assert all(torch.equal(gp[n], gp0[n]) for n in gp0), mode
+        assert s < s0 / 3, (mode, s, s0)
+    assert results["all"][3] < results["inner"][3]
+    m.recompute = "most"
+    with pytest.raises(ValueError, match="recompute"):
+        m(X)

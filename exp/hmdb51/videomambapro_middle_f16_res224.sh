@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # HMDB51 (51 classes) fine-tuning from the Kinetics-400 model: VideoMambaPro-M, 16 x 224.
 # Hyper-parameters: our choice (VideoMamba ships no UCF101/HMDB51 recipe): a short schedule from K400.
-# Activation checkpointing of the first 18 blocks: python scripts/profile_block.py predicts 64.8 GiB per GPU at 16 clips
-# (bf16, CPU-measured saved set), 131.0 GiB without; raise --checkpoint_num if your GPU has less than 80 GB.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
@@ -35,8 +33,6 @@ launch run_class_finetuning.py \
     --test_num_crop 3 \
     --dist_eval \
     --test_best \
-    --use_checkpoint \
-    --checkpoint_num 18 \
     --bf16 \
     --data_path "$DATA_PATH" \
     --data_root "$DATA_ROOT" \

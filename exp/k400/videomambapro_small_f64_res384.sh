@@ -4,8 +4,6 @@
 # exp/RECIPES.md lists every recipe against upstream (tests/test_recipes_upstream.py fails on drift).
 # Total batch: GPUS 32 x batch_size 2 x update_freq 2 x num_sample 2 = 256 clips; effective lr 5e-6 x 256 / 256 = 5e-06.
 # Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=16 bash exp/k400/videomambapro_small_f64_res384.sh --update_freq 4.
-# Activation checkpointing of the first 17 blocks: python scripts/profile_block.py predicts 62.4 GiB per GPU at 4 clips
-# (bf16, CPU-measured saved set), 170.7 GiB without; raise --checkpoint_num if your GPU has less than 80 GB.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
@@ -49,8 +47,6 @@ launch run_class_finetuning.py \
     --test_num_crop 3 \
     --dist_eval \
     --test_best \
-    --use_checkpoint \
-    --checkpoint_num 17 \
     --bf16 \
     --data_path "$DATA_PATH" \
     --data_root "$DATA_ROOT" \

@@ -4,8 +4,6 @@
 # exp/RECIPES.md lists every recipe against upstream (tests/test_recipes_upstream.py fails on drift).
 # Total batch: GPUS 16 x batch_size 16 x update_freq 1 x num_sample 2 = 512 clips; effective lr 2e-4 x 512 / 256 = 0.0004.
 # Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=8 bash exp/k400/videomambapro_tiny_f64_res224.sh --update_freq 2.
-# Activation checkpointing of the first 20 blocks: python scripts/profile_block.py predicts 58.6 GiB per GPU at 32 clips
-# (bf16, CPU-measured saved set), 240.2 GiB without; raise --checkpoint_num if your GPU has less than 80 GB.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
@@ -49,8 +47,6 @@ launch run_class_finetuning.py \
     --test_num_crop 3 \
     --dist_eval \
     --test_best \
-    --use_checkpoint \
-    --checkpoint_num 20 \
     --bf16 \
     --data_path "$DATA_PATH" \
     --data_root "$DATA_ROOT" \

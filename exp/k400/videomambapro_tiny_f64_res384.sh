@@ -5,8 +5,6 @@
 # Total batch: GPUS 16 x batch_size 6 x update_freq 1 x num_sample 2 = 192 clips; effective lr 5e-6 x 192 / 256 = 3.75e-06.
 # Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=8 bash exp/k400/videomambapro_tiny_f64_res384.sh --update_freq 2.
 # Upstream's tiny script names model videomamba_small with the Ti checkpoint (a slip): Ti here.
-# Activation checkpointing of the first 20 blocks: python scripts/profile_block.py predicts 62.2 GiB per GPU at 12 clips
-# (bf16, CPU-measured saved set), 253.3 GiB without; raise --checkpoint_num if your GPU has less than 80 GB.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
@@ -51,8 +49,6 @@ launch run_class_finetuning.py \
     --test_num_crop 3 \
     --dist_eval \
     --test_best \
-    --use_checkpoint \
-    --checkpoint_num 20 \
     --bf16 \
     --data_path "$DATA_PATH" \
     --data_root "$DATA_ROOT" \

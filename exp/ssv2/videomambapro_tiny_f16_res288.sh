@@ -6,8 +6,6 @@
 # Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=8 bash exp/ssv2/videomambapro_tiny_f16_res288.sh --update_freq 2.
 # Upstream's tiny script names videomamba_small, 64 frames and a f64 SSV2 checkpoint (slips: the published
 # Ti 288 row is 16 frames from the 16x224 model): Ti, 16 frames, from the 16x224 run here.
-# Activation checkpointing of the first 18 blocks: python scripts/profile_block.py predicts 62.8 GiB per GPU at 64 clips
-# (bf16, CPU-measured saved set), 193.5 GiB without; raise --checkpoint_num if your GPU has less than 80 GB.
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
@@ -53,8 +51,6 @@ launch run_class_finetuning.py \
     --test_num_crop 3 \
     --dist_eval \
     --test_best \
-    --use_checkpoint \
-    --checkpoint_num 18 \
     --bf16 \
     --data_path "$DATA_PATH" \
     --data_root "$DATA_ROOT" \

@@ -16,11 +16,19 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops.causal_conv1d import causal_conv1d_fn
 from ..ops.selective_scan import bi_selective_scan_fn
 
-__all__ = ["BiMamba", "RESIDUAL_START"]
+__all__ = ["BiMamba", "RESIDUAL_START", "RECOMPUTE"]
+
+# What the mixer recomputes in the backward instead of keeping (torch.utils.checkpoint, non-reentrant):
+#   none   keep every intermediate (conv output, delta, B, C, the scan's saved set, y)
+#   inner  keep the in_proj input and output only; conv, x_proj, dt_proj, the scan and out_proj run again in
+#          the backward (mamba_ssm's MambaInnerFn keeps about the same)
+#   all    keep the mixer's input only; in_proj runs again too
+RECOMPUTE = ("none", "inner", "all")
 
 RESIDUAL_START = {
     "none": (False, False),
@@ -41,7 +49,11 @@ class BiMamba(nn.Module):
         mask_drops_D: the mask also removes the ``D * u`` skip term (ablation).
         gate: multiply by ``SiLU(z)`` (True in Mamba/VideoMamba).
         divide_out: halve the direction sum (Vim's ``if_devide_out``; VideoMamba does not).
+
+    ``recompute`` (attribute, one of ``RECOMPUTE``; default ``"none"``): what the backward recomputes instead of
+    keeping; values and gradients are the same whatever it is.
     """
+    recompute = "none"
 
     def __init__(
         self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=1e-3, dt_max=1e-1,
@@ -120,7 +132,21 @@ class BiMamba(nn.Module):
     def forward(self, hidden_states):
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"BiMamba expects (B, L, {self.d_model}), got {tuple(hidden_states.shape)}")
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(f"recompute must be one of {RECOMPUTE}, got {self.recompute!r}")
+        grad = torch.is_grad_enabled()
+        if self.recompute == "all" and grad:
+            return checkpoint(self._mix, hidden_states, use_reentrant=False)
+        return self._mix(hidden_states)
+
+    def _mix(self, hidden_states):
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2E, l)
+        if self.recompute == "inner" and torch.is_grad_enabled():
+            return checkpoint(self._inner, xz, hidden_states.dtype, use_reentrant=False)
+        return self._inner(xz, hidden_states.dtype)
+
+    def _inner(self, xz, out_dtype):
+        """(b, 2E, l) in_proj output -> (b, l, d): both directions' conv, projections and scan, then out_proj."""
         x, z = xz.chunk(2, dim=1)
         u_f, delta_f, B_f, C_f = self._direction(x, self.conv1d, self.x_proj, self.dt_proj, reverse=False)
         u_b, delta_b, B_b, C_b = self._direction(x, self.conv1d_b, self.x_proj_b, self.dt_proj_b, reverse=True)
@@ -137,7 +163,7 @@ class BiMamba(nn.Module):
             mask_drops_D=self.mask_drops_D,
             average=self.divide_out,
         )
-        return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
+        return self.out_proj(y.transpose(1, 2).to(out_dtype))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "

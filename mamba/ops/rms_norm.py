@@ -17,18 +17,42 @@ import torch.nn as nn
 __all__ = ["rms_norm_fn", "RMSNorm"]
 
 
+class _AddRMSNorm(torch.autograd.Function):
+    """r = x + residual (x alone when residual is None); out = r * rstd * w. Saves only r (the compute dtype) and rstd, not the ~6 intermediates
+    eager autograd keeps; the backward is the closed form
+    dr = rstd * (g * w) - r * rstd^3 * mean(g * w * r) (+ the gradient of the returned residual)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps, ct):
+        r = x.to(ct, copy=True) if residual is None else x.to(ct) + residual.to(ct)
+        rstd = torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps)
+        out = (r * rstd * weight.to(ct)).to(x.dtype)
+        ctx.save_for_backward(r, rstd, weight)
+        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+        return out, r
+
+    @staticmethod
+    def backward(ctx, g_out, g_r):
+        r, rstd, weight = ctx.saved_tensors
+        g = g_out.to(r.dtype)
+        gw = g * weight.to(r.dtype)
+        dr = rstd * gw - r * rstd.pow(3) * (gw * r).mean(-1, keepdim=True)
+        if g_r is not None:
+            dr = dr + g_r.to(r.dtype)
+        dweight = (g * r * rstd).reshape(-1, r.shape[-1]).sum(0).to(weight.dtype) if ctx.needs_input_grad[2] \
+            else None
+        dres = None if ctx.dtypes[1] is None else dr.to(ctx.dtypes[1])
+        return dr.to(ctx.dtypes[0]), dres, dweight, None, None
+
+
 def rms_norm_fn(x, weight, eps=1e-5, residual=None, prenorm=False, residual_in_fp32=True):
     if weight.shape != x.shape[-1:]:
         raise ValueError(f"weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
     dtype = x.dtype
     ct = torch.float64 if dtype == torch.float64 else torch.float32
-    r = x.to(ct)
-    if residual is not None:
-        if residual.shape != x.shape:
-            raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-        r = r + residual.to(ct)
-    out = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * weight.to(ct)
-    out = out.to(dtype)
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    out, r = _AddRMSNorm.apply(x, residual, weight, eps, ct)
     if not prenorm:
         return out
     return out, (r if residual_in_fp32 else r.to(dtype))
