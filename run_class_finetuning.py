@@ -63,6 +63,18 @@ IGNORED_UPSTREAM_FLAGS = (
 )
 
 
+class _GroupedHelp(argparse.HelpFormatter):
+    """--help: every flag with its default (argparse's ArgumentDefaultsHelpFormatter skips flags without help)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.default is not argparse.SUPPRESS and action.option_strings and "%(default)" not in h \
+                and not isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction,
+                                            argparse._StoreFalseAction)):
+            h += (" " if h else "") + "(default: %(default)s)"
+        return h
+
+
 class RecipeArgumentParser(argparse.ArgumentParser):
     """argparse with a post-parse step (``resolvers``) that fills the flags whose default depends on the others
     (``--defaults``, dataset names, the starting checkpoint); it runs for ``parse_args`` and ``--config`` alike."""
@@ -137,7 +149,8 @@ def resolve_args(args, parser=None, log=_log_once) -> None:
 
 
 def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data_set_default="Kinetics-400"):
-    p = RecipeArgumentParser(description=description, add_help=True)
+    p = RecipeArgumentParser(description=description, add_help=True, formatter_class=_GroupedHelp,
+                             usage="%(prog)s [--config FILE] [flags, grouped below]")
     p.resolvers.append(resolve_args)
     p.add_argument("--config", default=None, help="YAML file of flag defaults (command-line flags win)")
 
@@ -319,6 +332,9 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
                    help="minutes a collective (barrier, all-reduce) waits for a stalled rank before the run stops "
                         "naming it (longest expected wait: the multi-view test merge)")
     g.add_argument("--local_rank", "--local-rank", default=-1, type=int, help=argparse.SUPPRESS)
+    for a in p._actions:  # --help lists every flag with its default, also those without a description
+        if a.help is None and not isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            a.help = "(default: %(default)s)"
     return p
 
 

@@ -11,7 +11,7 @@ from datasets import read_list
 from engines.runner import run
 from run_class_finetuning import get_args_parser
 from scripts.infer_video import read_label_map
-from tests.test_engine_common import FAST_FLAGS, fake_wiring
+from tests.test_engine_common import FAST_FLAGS, ROOT, fake_wiring
 from utils.checkpoint_io import CheckpointSaveError, atomic_save
 from utils.config import parse_with_config
 
@@ -224,3 +224,18 @@ def test_eval_resume_scores_with_the_runs_data_and_view_settings(tmp_path, capsy
     beside = out / "eval-checkpoint-best"
     assert args.output_dir == str(beside) and (beside / "log.txt").exists()
     assert (beside / "predictions" / "0.txt").exists()  # not in the current folder
+
+
+def test_help_opens_with_one_usage_line_then_grouped_flags_with_defaults():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "run_class_finetuning.py"), "--help"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0 and lines[0] == "usage: run_class_finetuning.py [--config FILE] [flags, grouped below]"
+    assert lines[1] == "" and "fine-tuning" in lines[2]
+    for group in ("\nrun:\n", "\nmodel:\n", "\noptimizer:\n", "\ndata:\n", "\nevaluation:\n", "\nsystem:\n"):
+        assert group in res.stdout, group
+    assert "--epochs EPOCHS       (default: 30)" in res.stdout
+    assert "per-process batch size (default: 64)" in res.stdout
