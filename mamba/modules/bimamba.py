@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ops.backend import resolve_backend
 from ..ops.causal_conv1d import causal_conv1d_fn
 from ..ops.selective_scan import bi_selective_scan_fn
 
@@ -139,11 +140,31 @@ class BiMamba(nn.Module):
             return checkpoint(self._mix, hidden_states, use_reentrant=False)
         return self._mix(hidden_states)
 
+    def uses_fused(self, device_type: str) -> bool:
+        """Whether the mixer runs as one fused autograd node (:mod:`mamba.ops.bimamba_fused`) on this device: with
+        the triton scan backend, in inference or with any recompute mode but ``none`` (which keeps every
+        intermediate for the backward)."""
+        if self.recompute == "none" and torch.is_grad_enabled():
+            return False
+        return resolve_backend(device_type) == "triton"
+
     def _mix(self, hidden_states):
+        if self.uses_fused(hidden_states.device.type):
+            return self._fused(hidden_states)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2E, l)
         if self.recompute == "inner" and torch.is_grad_enabled():
             return checkpoint(self._inner, xz, hidden_states.dtype, use_reentrant=False)
         return self._inner(xz, hidden_states.dtype)
+
+    def _fused(self, hidden_states):
+        from ..ops.bimamba_fused import FUSED_WEIGHTS, bimamba_fused_fn
+
+        params = dict(self.named_parameters())
+        weights = {k: params.get(k) for k in FUSED_WEIGHTS}
+        return bimamba_fused_fn(
+            hidden_states, weights, d_state=self.d_state, dt_rank=self.dt_rank, gate=self.gate,
+            residual=RESIDUAL_START[self.residual_start], masked=(False, self.bwd_mask), drop_D=self.mask_drops_D,
+            scale=0.5 if self.divide_out else 1.0)
 
     def _inner(self, xz, out_dtype):
         """(b, 2E, l) in_proj output -> (b, l, d): both directions' conv, projections and scan, then out_proj."""
