@@ -5,9 +5,11 @@
     r   = x + residual            (x alone when residual is None)
     out = r / sqrt(mean(r**2, -1) + eps) * weight
 
-Math in float32 (float64 for float64 input); ``out`` has x's dtype. With ``prenorm=True`` returns ``(out, r)`` where r is float32
-when ``residual_in_fp32`` (else x's dtype): the Add -> Norm of a pre-norm block, keeping the
-residual stream in full precision.
+Math in float32 (float64 for float64 input); ``out`` has x's dtype. With ``prenorm=True`` returns ``(out, r)``
+where r is float32 when ``residual_in_fp32`` (else x's dtype): the Add -> Norm of a pre-norm block, keeping the
+residual stream in full precision. With the triton backend (``resolve_backend(device) == "triton"``, as the scan
+and the fused mixer) it runs on the Triton kernels of :mod:`mamba.ops.rms_norm_triton` (one launch each way),
+else as the torch autograd node below.
 """
 from __future__ import annotations
 
@@ -45,6 +47,13 @@ class _AddRMSNorm(torch.autograd.Function):
         return dr.to(ctx.dtypes[0]), dres, dweight, None, None
 
 
+def _triton_norm(x) -> bool:
+    """The Triton kernels with the triton backend (the whole block on Triton: see mamba.ops.backend), else torch."""
+    from .backend import resolve_backend
+
+    return resolve_backend(x.device.type) == "triton"
+
+
 def rms_norm_fn(x, weight, eps=1e-5, residual=None, prenorm=False, residual_in_fp32=True):
     if weight.shape != x.shape[-1:]:
         raise ValueError(f"weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
@@ -52,7 +61,10 @@ def rms_norm_fn(x, weight, eps=1e-5, residual=None, prenorm=False, residual_in_f
     ct = torch.float64 if dtype == torch.float64 else torch.float32
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-    out, r = _AddRMSNorm.apply(x, residual, weight, eps, ct)
+    fn = _AddRMSNorm
+    if _triton_norm(x):
+        from .rms_norm_triton import AddRMSNormTriton as fn
+    out, r = fn.apply(x, residual, weight, eps, ct)
     if not prenorm:
         return out
     return out, (r if residual_in_fp32 else r.to(dtype))
