@@ -3,7 +3,7 @@ per-GPU batch fits a GPU: measured on the CPU, no GPU needed.
 
     python scripts/profile_block.py                                  # Ti 64 x 224, batch 8, bf16, + recipes
     python scripts/profile_block.py --model videomambapro_small --num_frames 32 --no_recipes
-    python scripts/profile_block.py --scan_backend triton            # the GPU path's host code (TRITON_INTERPRET=1)
+    python scripts/profile_block.py --scan_backend triton            # the GPU path's host code, launches recorded
     python scripts/profile_block.py --mixer_recompute none --no_recipes   # keep every mixer intermediate
 
 The Mamba models are profiled with the training default ``--mixer_recompute inner`` unless told otherwise (each
@@ -11,12 +11,15 @@ recipe with its own flag): the mixer keeps its in_proj input and output and reco
 
 Saved bytes are counted with ``torch.autograd.graph.saved_tensors_hooks`` on each block of the real model,
 deduplicated by storage, at a short clip (``--probe_frames``, batch 1) under bf16 autocast: what a block saves grows
-linearly with the tokens (every saved tensor is (batch, tokens, ...) or a fixed-size parameter), so bytes per token
-per block carry over to the full shape; the table shows the tokens of both. The scan backend decides what the scan
-saves: ``torch`` (the CPU default) or ``triton`` (the GPU default; its host code runs the kernels through the
-Triton interpreter when ``TRITON_INTERPRET=1``, slower but the same saved set). "ops per block step" counts the
-aten operators one training step dispatches on this path (forward and backward, views left out) divided by the
-depth: an eager proxy for the kernels one block step launches.
+linearly with the tokens (every saved tensor is (batch, tokens, ...), or a parameter or a cast of one, which are
+counted apart, once per step), so bytes per token per block carry over to the full shape; the table shows the
+tokens of both. (The triton scan's chunk-boundary states, one per 2,048 steps, weigh more per token at the probe's
+length than at the full one: conservative.) The scan backend decides what the scan
+saves: ``torch`` (the CPU default) or ``triton`` (the GPU default: the mixer as one fused node; its host code runs
+as on a GPU with the Triton kernels replaced by launch recorders, so nothing is computed and no GPU is needed).
+"kernels/block step" counts the aten operators one training step dispatches (forward and backward; views, aliases
+and allocations left out) plus the recorded Triton launches, divided by the depth: the kernels one block step
+launches on that path (eager; the torch path's count is a proxy, its ops are CPU kernels).
 The recipe table predicts each recipe's activation memory per GPU: clips (batch x num_sample) x tokens x
 (bytes per token per block of each block, checkpointed blocks keeping only their inputs) plus one block's
 recompute, plus weights, gradients and AdamW states in fp32; against --gpu_gib (80).
@@ -32,6 +35,7 @@ import sys
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -39,33 +43,53 @@ if ROOT not in sys.path:
 
 PATCH = 16
 _SKIP_OPS = ("detach", "view", "_unsafe_view", "alias", "t.default", "expand", "as_strided", "unsqueeze", "squeeze",
-             "transpose", "permute", "slice", "select", "split", "chunk", "unbind", "lift_fresh")
+             "transpose", "permute", "slice", "select", "split", "chunk", "unbind", "lift_fresh",
+             # allocations launch nothing either (zeros / zero_ / fill_ do, and are counted)
+             "empty.", "empty_strided", "empty_like", "new_empty")
 
 
 class _CountOps(TorchDispatchMode):
-    """Aten operators dispatched (views and aliases left out: they launch nothing)."""
+    """Aten operators dispatched (views, aliases and allocations left out: they launch nothing), and which storages
+    hold parameters or what ops on parameters alone made (autocast's bf16 weight copies, a concatenation of
+    weights): fixed-size, not per token."""
 
-    def __init__(self):
+    def __init__(self, params=()):
         super().__init__()
         self.n = 0
+        self.params = {p.untyped_storage().data_ptr() for p in params}
+        self.param_copy: dict = {}  # storage -> whether its latest writer was a cast of a parameter
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
         if not any(name.startswith("aten." + s) for s in _SKIP_OPS):
             self.n += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        # an op on parameters only (a cast, autocast's copy, a concatenation of weights) makes a fixed-size tensor
+        ins = [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
+        fixed = bool(ins) and all(self.is_fixed(t.untyped_storage().data_ptr()) for t in ins)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.param_copy[t.untyped_storage().data_ptr()] = fixed
+        return out
+
+    def is_fixed(self, ptr) -> bool:
+        return ptr in self.params or self.param_copy.get(ptr, False)
 
 
 class SavedBytes:
-    """Bytes saved for backward inside a region, each storage counted once."""
+    """Bytes saved for backward inside a region, each storage counted once; with a ``_CountOps`` tracker, the
+    parameters and their casts apart (``fixed``: they do not grow with the tokens)."""
 
-    def __init__(self):
+    def __init__(self, tracker=None):
         self.storages: dict = {}
+        self.fixed: dict = {}
+        self.tracker = tracker
 
     def pack(self, t):
         if isinstance(t, torch.Tensor) and t.device.type != "meta":
             st = t.untyped_storage()
-            self.storages[(st.data_ptr(), t.device)] = st.nbytes()
+            fixed = self.tracker is not None and self.tracker.is_fixed(st.data_ptr())
+            (self.fixed if fixed else self.storages)[(st.data_ptr(), t.device)] = st.nbytes()
         return t
 
     def hooks(self):
@@ -74,6 +98,10 @@ class SavedBytes:
     @property
     def total(self) -> int:
         return sum(self.storages.values())
+
+    @property
+    def fixed_total(self) -> int:
+        return sum(self.fixed.values())
 
 
 def tokens_of(num_frames: int, input_size: int, tubelet: int = 1) -> int:
@@ -101,10 +129,11 @@ def profile_model(model: str, probe_frames: int = 2, size: int = 224, dtype: str
     x = torch.randn(1, 3, probe_frames, size, size)
     L = tokens_of(probe_frames, size, getattr(net, "tubelet_size", 1))
     blocks = list(getattr(net, "layers", None) or net.blocks)
-    per_block, outer = [SavedBytes() for _ in blocks], SavedBytes()
+    counter = _CountOps(net.parameters())
+    per_block, outer = [SavedBytes(counter) for _ in blocks], SavedBytes(counter)
     stack = []
 
-    inputs = [SavedBytes() for _ in blocks]  # what a checkpointed block keeps: its inputs
+    inputs = [SavedBytes(counter) for _ in blocks]  # what a checkpointed block keeps: its inputs
 
     def pre(i):
         def f(mod, inp):
@@ -121,21 +150,41 @@ def profile_model(model: str, probe_frames: int = 2, size: int = 224, dtype: str
     handles = [b.register_forward_pre_hook(pre(i)) for i, b in enumerate(blocks)]
     handles += [b.register_forward_hook(post) for b in blocks]
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
-    counter = _CountOps()
-    try:
-        with cast, outer.hooks(), counter:
-            out = net(x)
-            out.float().sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
+    with _triton_recorder() as launches:
+        try:
+            with cast, outer.hooks(), counter:
+                out = net(x)
+                out.float().sum().backward()
+        finally:
+            for h in handles:
+                h.remove()
     block_bytes = [b.total for b in per_block]
     outer_bytes = max(0, outer.total - sum(block_bytes))  # the outer hooks see the blocks' tensors too
     n_params = sum(p.numel() for p in net.parameters())
-    return dict(model=model, probe_tokens=L, depth=len(blocks), embed_dim=net.embed_dim, n_params=n_params,
+    names = [getattr(k, "fn", k).__name__ for k, *_ in launches]
+    depth = len(blocks)
+    return dict(model=model, probe_tokens=L, depth=depth, embed_dim=net.embed_dim, n_params=n_params,
                 block_bytes_per_token=[b / L for b in block_bytes], outer_bytes_per_token=outer_bytes / L,
                 checkpointed_bytes_per_token=[b.total / L for b in inputs],
-                ops_per_block_step=round(counter.n / len(blocks)))
+                fixed_bytes=outer.fixed_total,
+                ops_per_block_step=round((counter.n + len(launches)) / depth),
+                triton_launches_per_block_step=round(len(launches) / depth, 2),
+                scan_launches_per_block_step=round(sum(n.startswith("_scan") for n in names) / depth, 2))
+
+
+@contextlib.contextmanager
+def _triton_recorder():
+    """With the triton scan backend: the Triton kernels replaced by launch recorders (the real host code runs, on
+    CPU tensors, and nothing is launched: outputs are left unwritten), yielding the recorded launches."""
+    from mamba.ops.backend import get_scan_backend
+
+    if get_scan_backend() != "triton":
+        yield []
+        return
+    from mamba.ops import conv_triton, rms_norm_triton, scan_triton, triton_aot
+
+    with triton_aot.recording(scan_triton, conv_triton, rms_norm_triton) as calls:
+        yield calls
 
 
 def predict_gib(prof: dict, clips: int, tokens: int, checkpoint_num: int | None) -> float:
@@ -149,7 +198,8 @@ def predict_gib(prof: dict, clips: int, tokens: int, checkpoint_num: int | None)
     if n_ckpt:
         per_token += max(full)  # one block recomputed at a time in the backward
     states = prof["n_params"] * 16  # fp32 weights, gradients, AdamW exp_avg and exp_avg_sq
-    return (clips * tokens * per_token + states) / 2 ** 30
+    fixed = prof.get("fixed_bytes", 0)  # saved casts of the weights (autocast's bf16 copies), once per step
+    return (clips * tokens * per_token + states + fixed) / 2 ** 30
 
 
 def least_checkpointing(prof: dict, clips: int, tokens: int, budget_gib: float):
@@ -206,6 +256,26 @@ def recipe_rows(gpu_gib: float, dtype: str = "bf16", probe_frames: int = 2, cach
     return rows
 
 
+_PTXAS_CHILD = """
+import json, sys
+from mamba.ops import conv_triton, rms_norm_triton, scan_triton, triton_aot
+json.dump(triton_aot.aot_report([scan_triton, conv_triton, rms_norm_triton], "default"), sys.stdout)
+"""
+
+
+def ptxas_rows() -> list:
+    """``triton_aot.aot_report`` of the scan and conv kernels (the default job matrix, sm_80 and sm_90), in a fresh
+    interpreter without ``TRITON_INTERPRET`` (under it triton builds interpreter-only kernels)."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _PTXAS_CHILD], cwd=ROOT, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("ahead-of-time compilation failed:\n" + r.stderr[-4000:])
+    return json.loads(r.stdout)
+
+
 def _default_recompute() -> str:
     from run_class_finetuning import DEFAULT_MIXER_RECOMPUTE
 
@@ -232,13 +302,16 @@ def main(argv=None) -> dict:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--probe_frames", type=int, default=2, help="frames of the measured clip (batch 1)")
-    p.add_argument("--scan_backend", default=None, help="torch (CPU default) or triton (needs TRITON_INTERPRET=1)")
+    p.add_argument("--scan_backend", default=None,
+                   help="torch (CPU default) or triton (the GPU path's host code, kernels recorded, not run)")
     p.add_argument("--mixer_recompute", choices=("none", "inner", "all"), default=None,
                    help="Mamba mixers' recompute mode (default: run_class_finetuning.py's, inner)")
     p.add_argument("--gpu_gib", type=float, default=80.0)
     p.add_argument("--headroom", type=float, default=0.85,
                    help="fraction of --gpu_gib the suggested checkpointing aims under (default 0.85)")
     p.add_argument("--no_recipes", action="store_true", help="skip the exp/ recipe memory table")
+    p.add_argument("--ptxas", action="store_true",
+                   help="also compile the Triton kernels for sm_80 / sm_90 and print registers, spills, occupancy")
     args = p.parse_args(argv)
     if args.scan_backend:
         from mamba.ops.backend import set_scan_backend
@@ -257,7 +330,8 @@ def main(argv=None) -> dict:
     print(f"saved for backward per token per block ({args.dtype}, mixer recompute {mode}, measured at batch 1 x "
           f"{args.probe_frames} frames; "
           f"predicted GiB at batch {args.batch_size} x {args.num_frames} x {args.input_size} = {tokens:,} tokens)")
-    print(_table(["model", "probe tokens", "B/token/block", "checkpointed", "ops/block step", "GiB", "GiB ckpt all"],
+    print(_table(["model", "probe tokens", "B/token/block", "checkpointed", "kernels/block step", "GiB",
+                  "GiB ckpt all"],
                  rows))
     out = dict(models=profs)
     main_prof = profs[args.model]
@@ -268,6 +342,18 @@ def main(argv=None) -> dict:
               f"L={tokens:,}: {plan['launches']['fwd']} forward + {plan['launches']['bwd']} backward; "
               f"{plan['programs']:,} programs (grid {plan['grid']}), chunk {plan['chunk']}, "
               f"{plan['chunk_iterations']} sequential chunk iterations (both directions)")
+        if main_prof["triton_launches_per_block_step"]:
+            print(f"recorded on the triton path: {main_prof['scan_launches_per_block_step']:g} scan launches and "
+                  f"{main_prof['triton_launches_per_block_step']:g} Triton launches in all per block step")
+    if args.ptxas:
+        out["ptxas"] = ptxas_rows()
+        print("\nptxas per kernel launch of one mixer layer (bf16 and fp32, VideoMambaPro and VideoMamba flags), "
+              "compiled ahead of time")
+        print(_table(["gpu", "kernel", "dtype", "warps", "registers", "spill st/ld B", "shared B", "warps/SM",
+                      "limiter"],
+                     [[r["gpu"], r["kernel"], r["job"].get("dtype", "bf16"), r["num_warps"], r["registers"],
+                       f"{r['spill_stores']}/{r['spill_loads']}", r["shared"], r["warps_per_sm"], r["limiter"]]
+                      for r in out["ptxas"]]))
     if not args.no_recipes:
         cache = {(m, args.input_size, mode): v for m, v in profs.items()}
         rr = recipe_rows(args.gpu_gib, args.dtype, args.probe_frames, cache, args.headroom)

@@ -92,3 +92,40 @@ def test_every_recipe_fits_80_gb_at_its_per_gpu_batch():
     by = {r["recipe"]: r for r in rows}
     assert by[os.path.join("k400", "videomambapro_tiny_f64_res224.sh")]["checkpoint"] == "off"
     assert by[os.path.join("k400", "videomambaout_small_f8_res224.sh")]["checkpoint"] not in ("off", "all")
+
+
+@pytest.fixture
+def triton_backend():
+    pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+    from mamba.ops.backend import set_scan_backend
+
+    set_scan_backend("triton")
+    yield
+    set_scan_backend(None)
+
+
+def test_triton_path_meets_the_kernel_launch_and_memory_targets(triton_backend):
+    """Issue 17's GPU-path targets, from its real host code with the Triton kernels replaced by launch recorders
+    (nothing runs, no GPU): at Ti (bf16, default recompute) one block step launches <= 25 kernels (aten ops
+    without views and allocations, plus the recorded launches), of which one forward and one backward scan, the
+    conv three times (forward, its recompute, backward) and the norm twice; it saves <= 3,700 B/token/block."""
+    prof = pb.profile_model("videomambapro_tiny", probe_frames=2, size=224, mixer_recompute=pb._default_recompute())
+    assert prof["scan_launches_per_block_step"] == 2
+    # per block: norm fwd/bwd, conv fwd + recompute + bwd, scan fwd/bwd; the final norm adds 2 over 24 blocks
+    assert prof["triton_launches_per_block_step"] == pytest.approx(7 + 2 / 24, abs=0.01)
+    assert prof["ops_per_block_step"] <= 25, prof["ops_per_block_step"]
+    per = prof["block_bytes_per_token"]
+    assert sum(per) / len(per) <= 3700, per[:2]
+    # parameters and the weights' casts are counted apart, once per step, not per token
+    assert 0 < prof["fixed_bytes"] < 16 * prof["n_params"]
+
+
+def test_fixed_size_casts_are_not_counted_per_token():
+    """A bf16 cast of a weight saved for backward (what autocast keeps) is fixed-size; the activation is per token."""
+    w = torch.nn.Parameter(torch.randn(64, 32))
+    x = torch.randn(5, 32, requires_grad=True)
+    counter = pb._CountOps([w])
+    c = pb.SavedBytes(counter)
+    with c.hooks(), counter:
+        y = x.bfloat16() @ w.bfloat16().t()  # saves both bf16 operands
+    assert c.total == 5 * 32 * 2 and c.fixed_total == 64 * 32 * 2 and y.shape == (5, 64)

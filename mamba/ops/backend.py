@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 
 _logger = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ def check_backend_available(name: str) -> None:
 def _triton_runs_on(device_type: str) -> bool:
     if not triton_available():
         return False
+    aot = sys.modules.get("mamba.ops.triton_aot")  # launches recorded, not run (scripts/profile_block.py)
+    if aot is not None and aot.is_recording():
+        return True
     return device_type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
