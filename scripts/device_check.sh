@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prove the GPU path on ONE GPU in about 8 minutes (the stage timeouts add up to 520 s), then print one summary table (check, status, seconds,
+# Prove the GPU path on ONE GPU in about 8 minutes (the stage timeouts add up to 580 s), then print one summary table (check, status, seconds,
 # key figure); exit status 1 if any check failed.
 #
 #   1. gpu tests     python -m pytest -m gpu -q (full-size Triton kernels vs the reference, fp32 / bf16)
@@ -7,6 +7,8 @@
 #                    calls (when installed), fraction of the bandwidth floor, VideoMambaPro / VideoMamba step
 #   2b. step64       one 64-frame training step, Pro-Ti vs TimeSformer-Ti (224, batch 8, bf16): clips/s and peak
 #                    MiB side by side, with --mixer_recompute inner (the default) and none
+#   2c. split        torch.profiler split of one Pro-Ti / TimeSformer-Ti block step at 64 frames (224, batch 8,
+#                    bf16): ms and share of scan, conv, norm, GEMMs, copies/elementwise (profile_block.py)
 #   3. data          synthetic videos at 224 px, 8 frames (scripts/make_synthetic_dataset.py), sized so one
 #                    epoch is STEPS optimizer steps at batch BATCH
 #   4. train native  exp/k400/videomambapro_tiny_f8_res224.sh (torchrun, GPUS=1, bf16) for one epoch
@@ -19,7 +21,7 @@
 #
 # Environment: WORK (scratch folder, default a new temp dir), STEPS (30), BATCH (16 videos per step; the
 # recipe's --num_sample 2 makes it 32 clips), RECIPE, PYTHON, TIMEOUT_<STAGE> in seconds (TESTS 80, BENCH 120,
-# STEP64 35 twice, DATA 40, NATIVE 80, DS 90, EVAL 40: 520 s at most;
+# STEP64 35 twice, SPLIT 60, DATA 40, NATIVE 80, DS 90, EVAL 40: 580 s at most;
 # the Triton JIT cache is shared).
 set -uo pipefail
 
@@ -80,6 +82,11 @@ key_step64() {  # "videomambapro_tiny C clips/s P MiB vs timesformer_tiny ..." f
     awk '$1 == 64 && $2 ~ /^(videomambapro_tiny|timesformer_tiny)$/ { printf "%s %s clips/s %s MiB; ", $2, $6, $9 }' "$1"
 }
 
+key_split() {  # "videomambapro_tiny X ms (scan S%, GEMM G%); timesformer_tiny ..." from profile_block's tables
+    awk '/^one block step of/ { m = $5; t = $0; sub(/.*: /, "", t); sub(/ ms.*/, "", t); printf "%s%s %s ms", sep, m, t; sep = "; " }
+         /^\| (scan|GEMM) / { printf " %s %s", $2, $6 }' "$1"; echo
+}
+
 key_tests() { grep -E '[0-9]+ (passed|failed|errors?|tests? collected)' "$1" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//'; }
 
 key_bench() { "$PYTHON" scripts/bench_gpu.py --key_figures "$WORK/bench.json"; }
@@ -126,6 +133,9 @@ if [ "$MODE" = gpu ]; then
             videomambapro_tiny timesformer_tiny --frames 64 --img_size 224 --batch_size 8 --bf16 --iters 2 \
             --mixer_recompute "$mode"
     done
+    run split "${TIMEOUT_SPLIT:-60}" key_split "$PYTHON" scripts/profile_block.py --model videomambapro_tiny \
+        --compare timesformer_tiny --num_frames 64 --input_size 224 --batch_size 8 --no_recipes --probe_frames 1 \
+        --step_split --split_device cuda
     run data "${TIMEOUT_DATA:-40}" key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" \
         --num_classes 4 --train_per_class "$PER_CLASS" --val_per_class 5 --test_per_class 5 --frames 8 --size 224
     run "train native" "${TIMEOUT_NATIVE:-80}" key_native env OUTPUT_DIR="$WORK/native" bash "$RECIPE" \
@@ -143,6 +153,8 @@ assert a.sizes == ['Ti', 'S'] and a.model and a.scan"
     run "step64 inner" 120 none "$PYTHON" -c "import sys; sys.path.insert(0, 'scripts'); import bench_model as b; \
 a = b.parse_args(['--models', 'videomambapro_tiny', 'timesformer_tiny', '--frames', '64', '--img_size', '224', \
 '--batch_size', '8', '--bf16', '--iters', '2', '--mixer_recompute', 'none']); assert a.mixer_recompute == 'none'"
+    run split 300 key_split "$PYTHON" scripts/profile_block.py --model videomambapro_tiny --compare timesformer_tiny \
+        --num_frames 2 --input_size 32 --batch_size 1 --no_recipes --probe_frames 1 --step_split --split_device cpu
     run data 120 key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --num_classes 4 \
         --train_per_class $(( (BATCH + 3) / 4 )) --val_per_class 1 --test_per_class 1 --frames 8 --size 32
     # --eval's --resume target: a placeholder checkpoint (no weights: the dry run builds the model on meta)

@@ -292,6 +292,97 @@ def _table(header, rows) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows])
 
 
+# kernel / operator name fragments per category of the step split (first match wins; the rest: copies/elementwise)
+SPLIT_CATEGORIES = (
+    ("scan", ("_scan_", "selective_scan")),
+    ("conv", ("_conv_", "causal_conv1d", "conv1d", "convolution")),
+    ("norm", ("_norm_", "rms_norm", "layer_norm")),
+    ("GEMM", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+              "aten::linear", "aten::matmul")),
+)
+
+
+def split_category(name: str) -> str:
+    low = name.lower()
+    for cat, keys in SPLIT_CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "copies/elementwise"
+
+
+class _Grabbed(Exception):
+    pass
+
+
+def step_split(model: str = "videomambapro_tiny", frames: int = 64, size: int = 224, batch: int = 8,
+               device: str = "cuda", mixer_recompute: str | None = None, dtype: str = "bf16") -> dict:
+    """``torch.profiler`` split of one training step of one block (the middle one) of ``model`` at the full shape:
+    time per category (scan, conv, norm, GEMM, copies/elementwise) and kernels launched. On a GPU the CUDA kernels'
+    self time; on the CPU (a check of this code, not a GPU figure) the aten operators' self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    net = _build(model, frames, size)
+    if mixer_recompute and hasattr(net, "set_mixer_recompute"):
+        net.set_mixer_recompute(mixer_recompute)
+    net = net.to(device).train()
+    blocks = list(getattr(net, "layers", None) or net.blocks)
+    blk = blocks[len(blocks) // 2]
+    L = tokens_of(frames, size, getattr(net, "tubelet_size", 1))
+    cast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    cuda = device == "cuda"
+    seen = {}
+
+    def grab(mod, args, kwargs):  # the block's real inputs at the full shape (whatever its signature)
+        seen.update(args=[a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args], kwargs=kwargs)
+        raise _Grabbed
+
+    hook = blk.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), cast:
+            net(torch.randn(batch, 3, frames, size, size, device=device))
+    except _Grabbed:
+        pass
+    finally:
+        hook.remove()
+    args = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in seen["args"]]
+
+    def step():
+        with cast:
+            out = blk(*args, **seen["kwargs"])
+            outs = out if isinstance(out, tuple) else (out,)
+            sum(o.float().sum() for o in outs if isinstance(o, torch.Tensor)).backward()
+
+    step()  # compiles the Triton kernels, warms the allocator
+    if cuda:
+        torch.cuda.synchronize()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    times, counts = {}, {}
+    for e in prof.events():
+        if cuda:
+            if e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        else:
+            if not e.name.startswith("aten::") or any(e.name == "aten::" + s.rstrip(".") for s in _SKIP_OPS) \
+                    or e.cpu_parent is not None:
+                continue
+            t = e.cpu_time_total
+        cat = split_category(e.name)
+        times[cat] = times.get(cat, 0.0) + t
+        counts[cat] = counts.get(cat, 0) + 1
+    total = sum(times.values()) or 1.0
+    rows = [dict(category=c, us=times.get(c, 0.0), share=times.get(c, 0.0) / total, kernels=counts.get(c, 0))
+            for c in [c for c, _ in SPLIT_CATEGORIES] + ["copies/elementwise"]]
+    return dict(model=model, device=device, tokens=L, batch=batch, rows=rows, total_us=total,
+                kernels=sum(counts.values()))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="videomambapro_tiny")
@@ -310,6 +401,10 @@ def main(argv=None) -> dict:
     p.add_argument("--headroom", type=float, default=0.85,
                    help="fraction of --gpu_gib the suggested checkpointing aims under (default 0.85)")
     p.add_argument("--no_recipes", action="store_true", help="skip the exp/ recipe memory table")
+    p.add_argument("--step_split", action="store_true",
+                   help="torch.profiler split of one block step at the full shape (scan, conv, norm, GEMMs, "
+                        "copies/elementwise) on --split_device")
+    p.add_argument("--split_device", default="cuda", help="cuda (the GPU figure) or cpu (a check of the code)")
     p.add_argument("--ptxas", action="store_true",
                    help="also compile the Triton kernels for sm_80 / sm_90 and print registers, spills, occupancy")
     args = p.parse_args(argv)
@@ -345,6 +440,15 @@ def main(argv=None) -> dict:
         if main_prof["triton_launches_per_block_step"]:
             print(f"recorded on the triton path: {main_prof['scan_launches_per_block_step']:g} scan launches and "
                   f"{main_prof['triton_launches_per_block_step']:g} Triton launches in all per block step")
+    if args.step_split:
+        for m in names:
+            sp = step_split(m, args.num_frames, args.input_size, args.batch_size, args.split_device, mode, args.dtype)
+            out.setdefault("split", {})[m] = sp
+            print(f"\none block step of {m} on {sp['device']} (batch {sp['batch']} x {sp['tokens']:,} tokens, "
+                  f"{args.dtype}): {sp['total_us'] / 1e3:.2f} ms, {sp['kernels']} kernels")
+            print(_table(["category", "ms", "share", "kernels"],
+                         [[r["category"], f"{r['us'] / 1e3:.2f}", f"{100 * r['share']:.0f}%", r["kernels"]]
+                          for r in sp["rows"]]))
     if args.ptxas:
         out["ptxas"] = ptxas_rows()
         print("\nptxas per kernel launch of one mixer layer (bf16 and fp32, VideoMambaPro and VideoMamba flags), "

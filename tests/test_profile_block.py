@@ -129,3 +129,20 @@ def test_fixed_size_casts_are_not_counted_per_token():
     with c.hooks(), counter:
         y = x.bfloat16() @ w.bfloat16().t()  # saves both bf16 operands
     assert c.total == 5 * 32 * 2 and c.fixed_total == 64 * 32 * 2 and y.shape == (5, 64)
+
+
+def test_step_split_categories_and_a_cpu_run():
+    """The step split's categories on GPU kernel and aten names, and one real (CPU) block step profiled: every
+    category present, shares summing to 1, the GEMMs found."""
+    assert pb.split_category("_scan_bwd_kernel") == "scan"
+    assert pb.split_category("_conv_fwd_kernel") == "conv"
+    assert pb.split_category("_norm_bwd_kernel") == "norm"
+    assert pb.split_category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "GEMM"
+    assert pb.split_category("nvjet_tst_128x64_64x8_2x1_v_bz_coopA_NNT") == "GEMM"
+    assert pb.split_category("void at::native::vectorized_elementwise_kernel<4, ...>") == "copies/elementwise"
+    sp = pb.step_split("videomambapro_tiny", frames=2, size=32, batch=1, device="cpu", mixer_recompute="inner")
+    cats = [r["category"] for r in sp["rows"]]
+    assert cats == ["scan", "conv", "norm", "GEMM", "copies/elementwise"]
+    assert sum(r["share"] for r in sp["rows"]) == pytest.approx(1.0)
+    by = {r["category"]: r for r in sp["rows"]}
+    assert by["GEMM"]["kernels"] >= 4 and sp["tokens"] == 2 * 4 + 1
