@@ -63,11 +63,16 @@ _INSTALL = (
 # Tiles: a program holds (block_d, chunk) tiles spread over num_warps warps, chunk / (32 num_warps) steps per
 # thread. The chunk sets the sequential chain: 2 x ceil(l / chunk) chunk iterations per program (both directions);
 # the grid is ceil(E / block_d) x b programs. ptxas (tests/ops/test_scan_triton_aot.py, sm_80 / sm_90, no GPU):
-# the forward kernels use 70-110 registers and never spill; the backward needs ~110-170 registers almost
-# independently of the steps per thread (per-thread addresses and scalars), so at 16 warps (capped at 128
-# registers: one program of 16 warps per SM) its heaviest variants (mask + gate + out_z) spill 16-56 bytes.
+# the forward kernels use 70-110 registers and do not spill (see SCAN_FWD_MAXNREG); the backward needs ~110-170
+# registers almost independently of the steps per thread (per-thread addresses and scalars), so at 16 warps
+# (capped at 128 registers: one program of 16 warps per SM) its heaviest variants spill 8-60 bytes.
 # `scripts/bench_gpu.py --sweep` times candidates on a GPU.
 DEFAULT_TILE = {"block_d": 1, "chunk": 2048, "num_warps": 16}
+# registers per thread the scan forward may use (ptxas's .maxnreg) at 4 and 8 warps: left to itself ptxas aims at
+# a higher occupancy and spills (at 8 warps: 80 registers, 16 bytes of spills); under 128 it takes ~105 and does
+# not spill, still >= 16 warps resident per SM. At 16 warps (128 at most anyway) ptxas's own choice (~80) spills
+# nothing, and the cap would make it spill: none is given there, nor to the backward.
+SCAN_FWD_MAXNREG = 128
 # (max d, max l, tile), first matching row wins (None: unbounded)
 TILE_TABLE = (
     (None, 256, {"block_d": 1, "chunk": 256, "num_warps": 4}),  # images (l = 197): one chunk
@@ -635,6 +640,7 @@ def _forward(p, *, softplus, drop_D, scale, out=None, last=None, tile=None):
         last if last is not None else states, l, E, N, p["R"], nchunk, float(scale),
         **_flags(p, drop_D, softplus), SAVE_LAST=last is not None, BLOCK_C=bd, NP=triton.next_power_of_2(N),
         CHUNK=chunk, ACC=_tl_acc(ct), num_warps=tile["num_warps"],
+        maxnreg=SCAN_FWD_MAXNREG if tile["num_warps"] < 16 else None,
     )
     return out, states
 
