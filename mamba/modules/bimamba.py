@@ -136,14 +136,16 @@ class BiMamba(nn.Module):
         if self.recompute not in RECOMPUTE:
             raise ValueError(f"recompute must be one of {RECOMPUTE}, got {self.recompute!r}")
         grad = torch.is_grad_enabled()
+        if self.uses_fused(hidden_states.device.type):  # 'all' inside the node: keeps h and the chunk states only
+            return self._fused(hidden_states)
         if self.recompute == "all" and grad:
             return checkpoint(self._mix, hidden_states, use_reentrant=False)
         return self._mix(hidden_states)
 
     def uses_fused(self, device_type: str) -> bool:
         """Whether the mixer runs as one fused autograd node (:mod:`mamba.ops.bimamba_fused`) on this device: with
-        the triton scan backend, in inference or with any recompute mode but ``none`` (which keeps every
-        intermediate for the backward)."""
+        the triton scan backend, in inference or with any recompute mode but ``none`` (``inner`` keeps the in_proj
+        and x_proj outputs, ``all`` only the input; ``none`` keeps every intermediate for the backward)."""
         if self.recompute == "none" and torch.is_grad_enabled():
             return False
         return resolve_backend(device_type) == "triton"
@@ -164,7 +166,7 @@ class BiMamba(nn.Module):
         return bimamba_fused_fn(
             hidden_states, weights, d_state=self.d_state, dt_rank=self.dt_rank, gate=self.gate,
             residual=RESIDUAL_START[self.residual_start], masked=(False, self.bwd_mask), drop_D=self.mask_drops_D,
-            scale=0.5 if self.divide_out else 1.0)
+            scale=0.5 if self.divide_out else 1.0, keep="input" if self.recompute == "all" else "inner")
 
     def _inner(self, xz, out_dtype):
         """(b, 2E, l) in_proj output -> (b, l, d): both directions' conv, projections and scan, then out_proj."""

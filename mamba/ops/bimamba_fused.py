@@ -16,7 +16,9 @@ VideoMambaPro options, the gate, out_proj), in this many kernels per training st
 It saves ``h`` in the compute dtype (the in_proj input as the GEMM read it: bf16 under bf16 autocast, though the
 residual stream is float32), the in_proj output ``xz``, the x_proj outputs and the chunk-boundary states (about
 ``d + 2 E + 2 (R + 2 N)`` values per token), and the weights in the compute dtype (parameter-sized); conv
-outputs, delta, u and y are recomputed in the backward. The parameter gradients are views of one buffer of their
+outputs, delta, u and y are recomputed in the backward. With ``keep="input"`` (``--mixer_recompute all``) it saves
+only ``h`` and the chunk states (``d`` values per token) and the backward runs in_proj and x_proj again (2 GEMMs):
+no second forward scan, unlike a checkpoint around the node. The parameter gradients are views of one buffer of their
 own (nothing activation-sized stays alive with them).
 
 Every ``(channels, tokens)`` intermediate lives in an ``(C, b, l)`` buffer seen by the kernels as ``(b, C, l)``
@@ -86,7 +88,9 @@ class _BiMambaFn(torch.autograd.Function):
         ctx.cfg, ctx.cd, ctx.shape, ctx.h_dtype = cfg, cd, (b, l, d), h.dtype
         ctx.has_in_b, ctx.has_out_b, ctx.has_cb = in_b is not None, out_b is not None, cb0 is not None
         # the weights in the compute dtype are kept (parameter-sized, not per token): the backward casts none again
-        ctx.save_for_backward(hf, xz, dbc, states, wc, in_w, cw0, cb0, cw1, cb1, xw0, xw1, dtw0,
+        lean = cfg["keep"] == "input"
+        ctx.save_for_backward(hf, None if lean else xz, None if lean else dbc, states, wc, in_b, in_w, cw0, cb0, cw1,
+                              cb1, xw0, xw1, dtw0,
                               dtb0, dtw1, dtb1, alog0, alog1, D0, D1, out_w)
         return out
 
@@ -113,7 +117,7 @@ class _BiMambaFn(torch.autograd.Function):
     def backward(ctx, dout):
         cfg, cd, (b, l, d) = ctx.cfg, ctx.cd, ctx.shape
         E, N, R = cfg["E"], cfg["N"], cfg["R"]
-        (hf, xz, dbc, states, wc, in_w, cw0, cb0, cw1, cb1, xw0, xw1, dtw0, dtb0, dtw1, dtb1,
+        (hf, xz, dbc, states, wc, in_b, in_w, cw0, cb0, cw1, cb1, xw0, xw1, dtw0, dtb0, dtw1, dtb1,
          alog0, alog1, D0, D1, out_w) = ctx.saved_tensors
         dev = hf.device
         W = cw0.shape[-1]
@@ -121,9 +125,14 @@ class _BiMambaFn(torch.autograd.Function):
         in_wc, xwc, out_wc = _weight_views(wc, E, K, d)
         acc_dtype = torch.float64 if cd == torch.float64 else torch.float32
         with torch.autocast(dev.type, enabled=False):
+            if xz is None:  # keep="input": in_proj again
+                xz = _mm(in_wc, hf.t(), None if in_b is None else in_b.to(cd)[:, None]).view(2 * E, b, l)
             u = torch.empty(2, E, b, l, device=dev, dtype=cd)
             cws = [cw0.reshape(E, W), cw1.reshape(E, W)]
             bi_conv_fwd(_bview(xz[:E]), cws, (cb0, cb1), out=(_bview(u[0]), _bview(u[1])))
+            if dbc is None:  # and x_proj
+                dbc = torch.empty(2, K, b, l, device=dev, dtype=cd)
+                torch.bmm(xwc, u.view(2, E, b * l), out=dbc.view(2, K, b * l))
             dout_f = dout.reshape(b * l, d).to(cd)
             dy = torch.mm(out_wc.t(), dout_f.t()).view(E, b, l)
             # the x_proj output gradient (accumulated by the scan: dB, dC over channel blocks) and every parameter
@@ -183,15 +192,19 @@ class _BiMambaFn(torch.autograd.Function):
 
 
 def bimamba_fused_fn(h, weights, *, d_state, dt_rank, gate=True, residual=(True, True), masked=(False, True),
-                     drop_D=False, scale=1.0):
+                     drop_D=False, scale=1.0, keep="inner"):
     """The bimamba mixer ``(b, l, d) -> (b, l, d)`` as one autograd node on the Triton kernels.
 
     ``weights``: a mapping with the ``FUSED_WEIGHTS`` names (BiMamba's parameters; the biases may be None);
-    ``residual`` / ``masked``: per-direction flags; ``scale``: 0.5 to average the directions (Vim's divide-out).
+    ``residual`` / ``masked``: per-direction flags; ``scale``: 0.5 to average the directions (Vim's divide-out);
+    ``keep``: ``inner`` saves h, the in_proj and x_proj outputs and the chunk states; ``input`` (``--mixer_recompute
+    all``) saves only h and the chunk states and recomputes in_proj and x_proj too (two more GEMMs in the backward).
     """
+    if keep not in ("inner", "input"):
+        raise ValueError(f"keep must be 'inner' or 'input', got {keep!r}")
     if h.dim() != 3:
         raise ValueError(f"h must be (b, l, d), got {tuple(h.shape)}")
     E = weights["in_proj.weight"].shape[0] // 2
     cfg = dict(E=E, N=int(d_state), R=int(dt_rank), gate=bool(gate), residual=tuple(bool(x) for x in residual),
-               masked=tuple(bool(x) for x in masked), drop_D=bool(drop_D), scale=float(scale))
+               masked=tuple(bool(x) for x in masked), drop_D=bool(drop_D), scale=float(scale), keep=keep)
     return _BiMambaFn.apply(cfg, h, *(weights[k] for k in FUSED_WEIGHTS))

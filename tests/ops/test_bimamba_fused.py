@@ -166,8 +166,8 @@ def test_fused_mixer_matches_reference(variant, backend):
 
 
 def test_fused_mixer_all_recompute_and_inference(backend):
-    """'all' (checkpoint around the fused node) gives the fused node's gradients bitwise; in inference the fused
-    node runs whatever the recompute mode."""
+    """'all' (the node keeps only h and recomputes in_proj and x_proj too) gives the same gradients bitwise; in
+    inference the fused node runs whatever the recompute mode."""
     m = _mixer({}, torch.float32, seed=3)
     h = torch.randn(1, 13, 8, device=DEV, requires_grad=True)
     gout = torch.randn(1, 13, 8, device=DEV)
@@ -233,11 +233,14 @@ def test_fused_mixer_saves_only_inputs_xz_dbc_and_states(backend):
     backend("triton")
     m.recompute = "inner"
     sizes["triton_bf16"] = _saved_bytes(m, h, autocast=True)
+    m.recompute = "all"  # inside the node: h and the chunk states only
+    sizes["triton_all"] = _saved_bytes(m, h)
     nchunk = -(-l // SMALL["chunk"])
     states = 4 * 2 * b * E * nchunk * 4
     weights = 2 * E * d + 2 * K * E + d * E  # plus the GEMM weights in the compute dtype (one buffer, not per token)
     assert sizes["triton"] == 4 * b * l * (d + 2 * E + 2 * K) + states + 4 * weights, sizes
     assert sizes["triton_bf16"] == 2 * b * l * (d + 2 * E + 2 * K) + states + 2 * weights, sizes
+    assert sizes["triton_all"] == 4 * b * l * d + states + 4 * weights, sizes
     assert sizes["triton"] < sizes["torch"] / 2, sizes
 
 
