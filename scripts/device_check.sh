@@ -6,7 +6,7 @@
 #   2. bench         scripts/bench_gpu.py at the Ti and S shapes, 8 frames: fused Triton scan vs two mamba-ssm
 #                    calls (when installed), fraction of the bandwidth floor, VideoMambaPro / VideoMamba step
 #   2b. step64       one 64-frame training step, Pro-Ti vs TimeSformer-Ti (224, batch 8, bf16): clips/s and peak
-#                    MiB side by side, with --mixer_recompute inner (the default) and none
+#                    MiB side by side, with --mixer_recompute inner (the default) and all (the leanest)
 #   2c. split        torch.profiler split of one Pro-Ti / TimeSformer-Ti block step at 64 frames (224, batch 8,
 #                    bf16): ms and share of scan, conv, norm, GEMMs, copies/elementwise (profile_block.py)
 #   3. data          synthetic videos at 224 px, 8 frames (scripts/make_synthetic_dataset.py), sized so one
@@ -127,8 +127,8 @@ if [ "$MODE" = gpu ]; then
     run bench "${TIMEOUT_BENCH:-120}" key_bench "$PYTHON" scripts/bench_gpu.py --sizes Ti S --frames 8 \
         --backends triton cuda --json "$WORK/bench.json"
     # 64-frame training step, Pro-Ti vs TimeSformer-Ti (224, batch 8, bf16): clips/s and peak GiB, for each mixer
-    # recompute mode (inner is the training default; none keeps everything)
-    for mode in inner none; do
+    # recompute mode (inner is the training default; all keeps only each mixer's input: decides the default)
+    for mode in inner all; do
         run "step64 $mode" "${TIMEOUT_STEP64:-35}" key_step64 "$PYTHON" scripts/bench_model.py --models \
             videomambapro_tiny timesformer_tiny --frames 64 --img_size 224 --batch_size 8 --bf16 --iters 2 \
             --mixer_recompute "$mode"
