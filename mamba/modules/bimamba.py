@@ -151,8 +151,6 @@ class BiMamba(nn.Module):
         return resolve_backend(device_type) == "triton"
 
     def _mix(self, hidden_states):
-        if self.uses_fused(hidden_states.device.type):
-            return self._fused(hidden_states)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2E, l)
         if self.recompute == "inner" and torch.is_grad_enabled():
             return checkpoint(self._inner, xz, hidden_states.dtype, use_reentrant=False)
