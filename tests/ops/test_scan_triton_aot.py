@@ -10,8 +10,9 @@ mixer entry's VideoMambaPro and VideoMamba layers (bf16, as trained) and the pub
 plus every other TILE_TABLE tile on the VideoMambaPro layer; ``-m slow`` checks the full matrix (every flag
 combination x fp32/bf16 x entries x layouts, and every table tile).
 
-Open target (strict xfail below, so that the day it holds the marker must go): the scan backward's heaviest
-variants (mask + gate + out_z) spill 16-56 bytes at 16 warps (128 registers); a ceiling keeps that from growing.
+Open target (strict xfail below, so that the day it holds the marker must go): at 16 warps (128 registers) some
+scan backward variants spill 8-32 bytes (VideoMambaPro's mixer layer: 16 on sm_80, 0 on sm_90); a ceiling keeps
+that from growing.
 
 Runs in a subprocess: other test modules set TRITON_INTERPRET=1 in this process, and with it triton builds
 interpreter-only kernels that cannot be compiled.
@@ -94,7 +95,7 @@ def _table(rows, default_tile):
     return "\n".join(lines)
 
 
-BWD_SPILL_CEILING = 64  # bytes: the scan backward's spills today (16-56), until the open target holds
+BWD_SPILL_CEILING = 32  # bytes: the scan backward's spills today (0-32), until the open target holds
 
 
 def _spills(r):
@@ -139,8 +140,8 @@ def test_scan_backward_keeps_16_warps_resident(default_report):
     assert not low, "fewer than 16 resident warps:\n" + _table(low, default_report["default_tile"])
 
 
-@pytest.mark.xfail(strict=True, reason="open target: the scan backward's mask + gate + out_z variants spill 16-56 "
-                                       "bytes at 16 warps (128 registers per thread)")
+@pytest.mark.xfail(strict=True, reason="open target: some scan backward variants spill 8-32 bytes at 16 warps "
+                                       "(128 registers per thread)")
 def test_scan_backward_compiles_without_spills(default_report):
     spilled = [r for r in default_report["rows"] if _is_scan_bwd(r) and _spills(r) > 0]
     assert not spilled, "register spills:\n" + _table(spilled, default_report["default_tile"])
