@@ -5,7 +5,8 @@ variants, and the small ``*_test`` / ``*_demo`` variants; the baselines ``timesf
 each with ``*_test`` / ``*_demo`` variants (``videomambaout_*_image`` too)."""
 from . import timesformer, videomambaout, videomambapro, vivit  # noqa: F401  (registers the models)
 from .checkpoint import load_checkpoint_file, load_pretrained
-from .videomambapro import MODEL_SIZES, PRO_OPTIONS, VideoMambaPro, checkpoint_filter_fn
+from ._common import MODEL_SIZES, PRO_OPTIONS
+from .videomambapro import VideoMambaPro, checkpoint_filter_fn
 
 __all__ = ["VideoMambaPro", "checkpoint_filter_fn", "load_checkpoint_file", "load_pretrained", "MODEL_SIZES",
            "PRO_OPTIONS", "registered_models"]

@@ -26,22 +26,22 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention  # timm.layers.Attention in timm >= 1.0.16, re-exported here
 
-from ._baseline_common import (
+from mamba.ops.backend import validate_backend
+
+from ._common import (
     VIT_WEIGHTS,
     BaselineMixin,
-    fill_from_model,
-    prepare_state_dict,
-    reject_pro_options,
+    PatchEmbed,
+    _cfg,
+    build_baseline,
     run_blocks,
-    shared_surgery,
+    size_args,
     small_input_defaults,
-    with_defaults,
 )
-from .videomambapro import PatchEmbed, _cfg
-from .videomambapro import checkpoint_filter_fn as _shared_filter
+from .checkpoint import fill_from_model, prepare_state_dict, video_surgery
 
 __all__ = ["TimeSformer", "DividedSpaceTimeBlock", "checkpoint_filter_fn", "TIMESFORMER_SIZES"]
 
@@ -94,8 +94,9 @@ class TimeSformer(BaselineMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=400, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, num_frames=8, tubelet_size=1, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False, checkpoint_num=0,
-                 norm_eps=1e-6):
+                 norm_eps=1e-6, scan_backend=None):
         super().__init__()
+        self.scan_backend = validate_backend(scan_backend)  # no scan here: taken so that every model takes it
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
         self.num_classes, self.embed_dim, self.num_features, self.depth = num_classes, embed_dim, embed_dim, depth
@@ -170,7 +171,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
                 copied += 1
         note(f"image checkpoint: temporal attention / norm of every block copied from its spatial ones ({copied} "
              "tensors)")
-    out = shared_surgery(_shared_filter, state_dict, model, report, orig_t_size=orig_t_size, log=log, inflate=inflate)
+    out = video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
     if is_image:
         fill_from_model(out, model, lambda k: ".temporal_fc." in k, "temporal_fc (zero: the temporal branch starts "
                         "as a no-op)", report, note)
@@ -190,37 +191,39 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_timesformer(variant, pretrained=False, **kwargs):
-    reject_pro_options(variant, kwargs)
-    size = variant.split("_")[1]
-    embed_dim, depth, heads = TIMESFORMER_SIZES[size]
-    defaults = dict(embed_dim=embed_dim, depth=depth, num_heads=heads)
-    defaults.update(small_input_defaults(size))
-    kwargs = with_defaults(kwargs, defaults)
-    return build_model_with_cfg(TimeSformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **kwargs)
+def _create_timesformer(variant, pretrained=False, model_args=None, **kwargs):
+    return build_baseline(TimeSformer, variant, pretrained, model_args, checkpoint_filter_fn, **kwargs)
+
+
+def _args(size):
+    return size_args(TIMESFORMER_SIZES, ("embed_dim", "depth", "num_heads"), size)
 
 
 @register_model
 def timesformer_tiny(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_tiny", pretrained, **kwargs)
+    model_args = _args("tiny")
+    return _create_timesformer("timesformer_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_small(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_small", pretrained, **kwargs)
+    model_args = _args("small")
+    return _create_timesformer("timesformer_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_base(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_base", pretrained, **kwargs)
+    model_args = _args("base")
+    return _create_timesformer("timesformer_base", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_demo(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_demo", pretrained, **kwargs)
+    model_args = _args("demo")
+    return _create_timesformer("timesformer_demo", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_test(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_test", pretrained, **kwargs)
+    model_args = _args("test")
+    return _create_timesformer("timesformer_test", pretrained, model_args, **kwargs)

@@ -29,20 +29,21 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ._baseline_common import (
+from mamba.ops.backend import validate_backend
+
+from ._common import (
+    MODEL_SIZES,
     BaselineMixin,
-    prepare_state_dict,
-    reject_pro_options,
+    PatchEmbed,
+    _cfg,
+    build_baseline,
     run_blocks,
-    shared_surgery,
+    size_args,
     small_input_defaults,
-    with_defaults,
 )
-from .checkpoint import inflate_patch_kernel, resize_pos_embed
-from .videomambapro import MODEL_SIZES, PatchEmbed, _cfg
-from .videomambapro import checkpoint_filter_fn as _shared_filter
+from .checkpoint import inflate_patch_kernel, prepare_state_dict, resize_pos_embed, video_surgery
 
 __all__ = ["VideoMambaOut", "GatedCNNBlock", "checkpoint_filter_fn", "MAMBAOUT_SIZES"]
 
@@ -97,8 +98,9 @@ class VideoMambaOut(BaselineMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=400, embed_dim=192, depth=24,
                  num_frames=16, tubelet_size=1, image=False, expansion_ratio=8 / 3, kernel_size=(3, 7, 7),
                  conv_ratio=1.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False, checkpoint_num=0,
-                 norm_eps=1e-6):
+                 norm_eps=1e-6, scan_backend=None):
         super().__init__()
+        self.scan_backend = validate_backend(scan_backend)  # no scan here: taken so that every model takes it
         if not image and num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
         self.num_classes, self.embed_dim, self.num_features, self.depth = num_classes, embed_dim, embed_dim, depth
@@ -174,8 +176,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
         note(f"inflated {inflated} 2-D depthwise kernels to 3-D ({inflate})")
     if squeezed:
         note(f"took the centre frame of {squeezed} 3-D depthwise kernels for the image model")
-    return shared_surgery(_shared_filter, state_dict, model, report, orig_t_size=orig_t_size, log=log,
-                          inflate=inflate)
+    return video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
 
 
 default_cfgs = generate_default_cfgs({
@@ -187,62 +188,63 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_videomambaout(variant, pretrained=False, **kwargs):
-    reject_pro_options(variant, kwargs)
-    size = variant.split("_")[1]
-    image = variant.endswith("_image")
-    embed_dim, depth = MAMBAOUT_SIZES[size]
-    defaults = dict(embed_dim=embed_dim, depth=depth, image=image)
-    defaults.update(small_input_defaults(size))
-    if image:
-        defaults.pop("num_frames", None)
-    kwargs = with_defaults(kwargs, defaults)
-    if image:
-        kwargs.pop("num_frames", None)
-    return build_model_with_cfg(VideoMambaOut, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **kwargs)
+def _create_videomambaout(variant, pretrained=False, model_args=None, **kwargs):
+    return build_baseline(VideoMambaOut, variant, pretrained, model_args, checkpoint_filter_fn, **kwargs)
+
+
+def _args(size, **kw):
+    return size_args(MAMBAOUT_SIZES, ("embed_dim", "depth"), size, **kw)
 
 
 @register_model
 def videomambaout_tiny(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_tiny", pretrained, **kwargs)
+    model_args = _args("tiny")
+    return _create_videomambaout("videomambaout_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_small(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_small", pretrained, **kwargs)
+    model_args = _args("small")
+    return _create_videomambaout("videomambaout_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_middle(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_middle", pretrained, **kwargs)
+    model_args = _args("middle")
+    return _create_videomambaout("videomambaout_middle", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_tiny_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_tiny_image", pretrained, **kwargs)
+    model_args = _args("tiny", image=True)
+    return _create_videomambaout("videomambaout_tiny_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_small_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_small_image", pretrained, **kwargs)
+    model_args = _args("small", image=True)
+    return _create_videomambaout("videomambaout_small_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_middle_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_middle_image", pretrained, **kwargs)
+    model_args = _args("middle", image=True)
+    return _create_videomambaout("videomambaout_middle_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_demo(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_demo", pretrained, **kwargs)
+    model_args = _args("demo")
+    return _create_videomambaout("videomambaout_demo", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_test(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_test", pretrained, **kwargs)
+    model_args = _args("test")
+    return _create_videomambaout("videomambaout_test", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_test_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_test_image", pretrained, **kwargs)
+    model_args = _args("test", image=True)
+    return _create_videomambaout("videomambaout_test_image", pretrained, model_args, **kwargs)

@@ -24,23 +24,22 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from ._baseline_common import (
+from mamba.ops.backend import validate_backend
+
+from ._common import (
     VIT_WEIGHTS,
     BaselineMixin,
-    fill_from_model,
-    prepare_state_dict,
-    reject_pro_options,
+    PatchEmbed,
+    _cfg,
+    build_baseline,
     run_blocks,
-    shared_surgery,
+    size_args,
     small_input_defaults,
-    with_defaults,
 )
-from .checkpoint import resize_temporal_embedding
-from .videomambapro import PatchEmbed, _cfg
-from .videomambapro import checkpoint_filter_fn as _shared_filter
+from .checkpoint import fill_from_model, prepare_state_dict, resize_temporal_embedding, video_surgery
 
 __all__ = ["ViViT", "checkpoint_filter_fn", "VIVIT_SIZES"]
 
@@ -58,8 +57,9 @@ class ViViT(BaselineMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=400, embed_dim=768, depth=12,
                  temporal_depth=4, num_heads=12, mlp_ratio=4.0, qkv_bias=True, num_frames=32, tubelet_size=2,
                  drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False,
-                 checkpoint_num=0, norm_eps=1e-6):
+                 checkpoint_num=0, norm_eps=1e-6, scan_backend=None):
         super().__init__()
+        self.scan_backend = validate_backend(scan_backend)  # no scan here: taken so that every model takes it
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
         self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
@@ -150,7 +150,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
     if temb is not None and temb.shape[1] != t_new:
         state_dict["temporal_pos_embed"] = resize_temporal_embedding(temb, t_new)
         note(f"resized temporal_pos_embed {temb.shape[1]} -> {t_new} (linear)")
-    out = shared_surgery(_shared_filter, state_dict, model, report, orig_t_size=orig_t_size, log=log, inflate=inflate)
+    out = video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
     if is_image:
         temporal = tuple(f"blocks.{i}." for i in range(model.depth, len(model.blocks)))
         fill_from_model(out, model, lambda k: k.startswith(temporal) or k.startswith("norm.")
@@ -168,36 +168,39 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_vivit(variant, pretrained=False, **kwargs):
-    reject_pro_options(variant, kwargs)
-    size = variant.split("_")[1]
-    embed_dim, depth, temporal_depth, heads = VIVIT_SIZES[size]
-    defaults = dict(embed_dim=embed_dim, depth=depth, temporal_depth=temporal_depth, num_heads=heads)
-    defaults.update(small_input_defaults(size))
-    kwargs = with_defaults(kwargs, defaults)
-    return build_model_with_cfg(ViViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+def _create_vivit(variant, pretrained=False, model_args=None, **kwargs):
+    return build_baseline(ViViT, variant, pretrained, model_args, checkpoint_filter_fn, **kwargs)
+
+
+def _args(size):
+    return size_args(VIVIT_SIZES, ("embed_dim", "depth", "temporal_depth", "num_heads"), size)
 
 
 @register_model
 def vivit_tiny(pretrained=False, **kwargs):
-    return _create_vivit("vivit_tiny", pretrained, **kwargs)
+    model_args = _args("tiny")
+    return _create_vivit("vivit_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_small(pretrained=False, **kwargs):
-    return _create_vivit("vivit_small", pretrained, **kwargs)
+    model_args = _args("small")
+    return _create_vivit("vivit_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_base(pretrained=False, **kwargs):
-    return _create_vivit("vivit_base", pretrained, **kwargs)
+    model_args = _args("base")
+    return _create_vivit("vivit_base", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_demo(pretrained=False, **kwargs):
-    return _create_vivit("vivit_demo", pretrained, **kwargs)
+    model_args = _args("demo")
+    return _create_vivit("vivit_demo", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_test(pretrained=False, **kwargs):
-    return _create_vivit("vivit_test", pretrained, **kwargs)
+    model_args = _args("test")
+    return _create_vivit("vivit_test", pretrained, model_args, **kwargs)
