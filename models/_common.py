@@ -12,6 +12,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg
 
+from mamba.ops.backend import validate_backend
+
 __all__ = ["PRO_OPTIONS", "VIDEOMAMBA_OPTIONS", "PRO_ONLY_OPTIONS", "MODEL_SIZES", "SMALL_INPUT", "VIT_WEIGHTS",
            "PatchEmbed", "BaselineMixin", "run_blocks", "embed_group_matcher", "small_input_defaults",
            "with_defaults", "reject_pro_options", "size_args", "build_baseline"]
@@ -141,6 +143,19 @@ class BaselineMixin:
         if t != want:
             raise ValueError(f"clip has {t * self.tubelet_size} frames; the model was built for "
                              f"num_frames={self.num_frames} (tubelet {self.tubelet_size})")
+
+    def _init_interface(self, num_classes, embed_dim, use_checkpoint, checkpoint_num, scan_backend):
+        """The attributes the engines read; ``scan_backend`` is validated and kept though a baseline has no scan
+        (every model takes the kwarg)."""
+        self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
+        self.use_checkpoint, self.checkpoint_num = use_checkpoint, checkpoint_num
+        self.scan_backend = validate_backend(scan_backend)
+
+    def _init_head(self, embed_dim, num_classes, fc_drop_rate, norm_eps):
+        """The final LayerNorm ``norm``, the head dropout and the linear ``head`` (registered in this order)."""
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def group_matcher(self, coarse=False):

@@ -29,8 +29,6 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention  # timm.layers.Attention in timm >= 1.0.16, re-exported here
 
-from mamba.ops.backend import validate_backend
-
 from ._common import (
     VIT_WEIGHTS,
     BaselineMixin,
@@ -96,12 +94,11 @@ class TimeSformer(BaselineMixin, nn.Module):
                  attn_drop_rate=0.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False, checkpoint_num=0,
                  norm_eps=1e-6, scan_backend=None):
         super().__init__()
-        self.scan_backend = validate_backend(scan_backend)  # no scan here: taken so that every model takes it
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
-        self.num_classes, self.embed_dim, self.num_features, self.depth = num_classes, embed_dim, embed_dim, depth
+        self._init_interface(num_classes, embed_dim, use_checkpoint, checkpoint_num, scan_backend)
+        self.depth = depth
         self.num_frames, self.tubelet_size = num_frames, tubelet_size
-        self.use_checkpoint, self.checkpoint_num = use_checkpoint, checkpoint_num
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, tubelet_size)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -113,9 +110,7 @@ class TimeSformer(BaselineMixin, nn.Module):
             DividedSpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], attn_drop_rate, drop_rate, norm_eps)
             for i in range(depth)
         ])
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(embed_dim, num_classes, fc_drop_rate, norm_eps)
         self.init_weights()
 
     @torch.no_grad()

@@ -27,8 +27,6 @@ from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from mamba.ops.backend import validate_backend
-
 from ._common import (
     VIT_WEIGHTS,
     BaselineMixin,
@@ -59,13 +57,11 @@ class ViViT(BaselineMixin, nn.Module):
                  drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False,
                  checkpoint_num=0, norm_eps=1e-6, scan_backend=None):
         super().__init__()
-        self.scan_backend = validate_backend(scan_backend)  # no scan here: taken so that every model takes it
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
-        self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
+        self._init_interface(num_classes, embed_dim, use_checkpoint, checkpoint_num, scan_backend)
         self.depth, self.temporal_depth = depth, temporal_depth
         self.num_frames, self.tubelet_size = num_frames, tubelet_size
-        self.use_checkpoint, self.checkpoint_num = use_checkpoint, checkpoint_num
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, tubelet_size)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -82,9 +78,7 @@ class ViViT(BaselineMixin, nn.Module):
             for i in range(total)
         ])
         self.spatial_norm = norm(embed_dim)
-        self.norm = norm(embed_dim)
-        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(embed_dim, num_classes, fc_drop_rate, norm_eps)
         self.init_weights()
 
     @torch.no_grad()
