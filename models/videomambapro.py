@@ -297,107 +297,107 @@ def _create_videomambapro(variant, pretrained=False, model_args=None, **kwargs):
 
 @register_model
 def videomambapro_tiny(pretrained=False, **kwargs):
-    model_args = _args('tiny')
+    model_args = _args("tiny")
     return _create_videomambapro("videomambapro_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_tiny_image(pretrained=False, **kwargs):
-    model_args = _args('tiny', image=True)
+    model_args = _args("tiny", image=True)
     return _create_videomambapro("videomambapro_tiny_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_small(pretrained=False, **kwargs):
-    model_args = _args('small')
+    model_args = _args("small")
     return _create_videomambapro("videomambapro_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_small_image(pretrained=False, **kwargs):
-    model_args = _args('small', image=True)
+    model_args = _args("small", image=True)
     return _create_videomambapro("videomambapro_small_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_middle(pretrained=False, **kwargs):
-    model_args = _args('middle')
+    model_args = _args("middle")
     return _create_videomambapro("videomambapro_middle", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_middle_image(pretrained=False, **kwargs):
-    model_args = _args('middle', image=True)
+    model_args = _args("middle", image=True)
     return _create_videomambapro("videomambapro_middle_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_test(pretrained=False, **kwargs):
-    model_args = _args('test')
+    model_args = _args("test")
     return _create_videomambapro("videomambapro_test", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_test_image(pretrained=False, **kwargs):
-    model_args = _args('test', image=True)
+    model_args = _args("test", image=True)
     return _create_videomambapro("videomambapro_test_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_demo(pretrained=False, **kwargs):
-    model_args = _args('demo')
+    model_args = _args("demo")
     return _create_videomambapro("videomambapro_demo", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_tiny(pretrained=False, **kwargs):
-    model_args = _args('tiny', **VIDEOMAMBA_OPTIONS)
+    model_args = _args("tiny", **VIDEOMAMBA_OPTIONS)
     return _create_videomambapro("videomamba_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_tiny_image(pretrained=False, **kwargs):
-    model_args = _args('tiny', **VIDEOMAMBA_OPTIONS, image=True)
+    model_args = _args("tiny", **VIDEOMAMBA_OPTIONS, image=True)
     return _create_videomambapro("videomamba_tiny_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_small(pretrained=False, **kwargs):
-    model_args = _args('small', **VIDEOMAMBA_OPTIONS)
+    model_args = _args("small", **VIDEOMAMBA_OPTIONS)
     return _create_videomambapro("videomamba_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_small_image(pretrained=False, **kwargs):
-    model_args = _args('small', **VIDEOMAMBA_OPTIONS, image=True)
+    model_args = _args("small", **VIDEOMAMBA_OPTIONS, image=True)
     return _create_videomambapro("videomamba_small_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_middle(pretrained=False, **kwargs):
-    model_args = _args('middle', **VIDEOMAMBA_OPTIONS)
+    model_args = _args("middle", **VIDEOMAMBA_OPTIONS)
     return _create_videomambapro("videomamba_middle", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_middle_image(pretrained=False, **kwargs):
-    model_args = _args('middle', **VIDEOMAMBA_OPTIONS, image=True)
+    model_args = _args("middle", **VIDEOMAMBA_OPTIONS, image=True)
     return _create_videomambapro("videomamba_middle_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_test(pretrained=False, **kwargs):
-    model_args = _args('test', **VIDEOMAMBA_OPTIONS)
+    model_args = _args("test", **VIDEOMAMBA_OPTIONS)
     return _create_videomambapro("videomamba_test", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_test_image(pretrained=False, **kwargs):
-    model_args = _args('test', **VIDEOMAMBA_OPTIONS, image=True)
+    model_args = _args("test", **VIDEOMAMBA_OPTIONS, image=True)
     return _create_videomambapro("videomamba_test_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_demo(pretrained=False, **kwargs):
-    model_args = _args('demo', **VIDEOMAMBA_OPTIONS)
+    model_args = _args("demo", **VIDEOMAMBA_OPTIONS)
     return _create_videomambapro("videomamba_demo", pretrained, model_args, **kwargs)
