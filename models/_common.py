@@ -15,8 +15,8 @@ from timm.models import build_model_with_cfg
 from mamba.ops.backend import validate_backend
 
 __all__ = ["PRO_OPTIONS", "VIDEOMAMBA_OPTIONS", "PRO_ONLY_OPTIONS", "MODEL_SIZES", "SMALL_INPUT", "VIT_WEIGHTS",
-           "PatchEmbed", "BaselineMixin", "run_blocks", "embed_group_matcher", "small_input_defaults",
-           "with_defaults", "reject_pro_options", "size_args", "build_baseline"]
+           "PatchEmbed", "ClassifierMixin", "BaselineMixin", "run_blocks", "embed_group_matcher", "small_input_defaults",
+           "with_defaults", "reject_pro_options", "size_args", "build_baseline", "small_cfgs", "linear_dpr"]
 
 # The VideoMambaPro options (METHOD.md section 3) and their defaults: THE table of their names
 # (``models.videomambapro.PRO_OPTIONS`` re-exports it). ``videomamba_*`` is the same network with both changes off.
@@ -44,6 +44,16 @@ def _cfg(url="", **kwargs):
         "crop_pct": 1.0, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
     }
+
+
+def small_cfgs(*archs) -> dict:
+    """The pretrained cfgs of the small CPU variants ``{arch}_test`` / ``{arch}_demo`` (4 classes, SMALL_INPUT's size)."""
+    return {f"{a}_{s}": _cfg(num_classes=4, input_size=(3, img, img)) for a in archs for s, (img, _) in SMALL_INPUT.items()}
+
+
+def linear_dpr(rate: float, n: int) -> list:
+    """Stochastic depth of ``n`` blocks: linear from 0 to ``rate``."""
+    return [rate * i / max(n - 1, 1) for i in range(n)]
 
 
 def small_input_defaults(size=None):
@@ -122,10 +132,35 @@ def run_blocks(model, blocks, state, offset=0, extra=()):
     return state
 
 
-class BaselineMixin:
-    """timm / training-engine interface of the baselines (the same methods as ``VideoMambaPro``)."""
+class ClassifierMixin:
+    """timm's classifier interface on a cls-token model (every model here; VideoMambaOut pools instead):
+    ``forward_features`` (the subclass's) -> ``forward_head(x, pre_logits=False)``, plus the engines' hooks."""
 
     head: nn.Module
+
+    def set_grad_checkpointing(self, enable=True):
+        self.use_checkpoint = enable
+
+    def get_classifier(self):
+        return self.head
+
+    def reset_classifier(self, num_classes, global_pool=None):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.head_drop(x[:, 0])
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class BaselineMixin(ClassifierMixin):
+    """timm / training-engine interface of the baselines (the same methods as ``VideoMambaPro``)."""
 
     @staticmethod
     @torch.no_grad()
@@ -161,28 +196,11 @@ class BaselineMixin:
     def group_matcher(self, coarse=False):
         return embed_group_matcher("blocks")
 
+    def _run_blocks(self, blocks, state, offset=0, extra=()):
+        return run_blocks(self, blocks, state, offset, extra)
+
     def get_num_layers(self):
         return len(self.blocks)
-
-    def set_grad_checkpointing(self, enable=True):
-        self.use_checkpoint = enable
-
-    def get_classifier(self):
-        return self.head
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def size_args(table: dict, fields: tuple, size: str, **kw) -> dict:

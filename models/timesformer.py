@@ -29,16 +29,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention  # timm.layers.Attention in timm >= 1.0.16, re-exported here
 
-from ._common import (
-    VIT_WEIGHTS,
-    BaselineMixin,
-    PatchEmbed,
-    _cfg,
-    build_baseline,
-    run_blocks,
-    size_args,
-    small_input_defaults,
-)
+from ._common import VIT_WEIGHTS, BaselineMixin, PatchEmbed, _cfg, build_baseline, linear_dpr, size_args, small_cfgs
 from .checkpoint import fill_from_model, prepare_state_dict, video_surgery
 
 __all__ = ["TimeSformer", "DividedSpaceTimeBlock", "checkpoint_filter_fn", "TIMESFORMER_SIZES"]
@@ -105,7 +96,7 @@ class TimeSformer(BaselineMixin, nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = linear_dpr(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             DividedSpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], attn_drop_rate, drop_rate, norm_eps)
             for i in range(depth)
@@ -137,7 +128,7 @@ class TimeSformer(BaselineMixin, nn.Module):
 
     def forward_features(self, x):
         """Normalised tokens ``(B, 1 + T'N, d)``: the cls token, then the patches frame-major."""
-        cls, x = run_blocks(self, self.blocks, self.embed(x))
+        cls, x = self._run_blocks(self.blocks, self.embed(x))
         return self.norm(torch.cat([cls, rearrange(x, "b t n d -> b (t n) d")], dim=1))
 
 
@@ -181,8 +172,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
 default_cfgs = generate_default_cfgs({
     **{f"timesformer_{s}.augreg_in21k_ft_in1k": _cfg(hf_hub_id=f"timm/{v}.augreg_in21k_ft_in1k", num_classes=1000)
        for s, v in VIT_WEIGHTS.items()},
-    **{f"timesformer_{s}": _cfg(num_classes=4, input_size=(3, img, img))
-       for s, (img, _) in small_input_defaults().items()},
+    **small_cfgs("timesformer"),
 })
 
 

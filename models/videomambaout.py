@@ -31,16 +31,7 @@ from einops import rearrange
 from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import (
-    MODEL_SIZES,
-    BaselineMixin,
-    PatchEmbed,
-    _cfg,
-    build_baseline,
-    run_blocks,
-    size_args,
-    small_input_defaults,
-)
+from ._common import MODEL_SIZES, BaselineMixin, PatchEmbed, _cfg, build_baseline, linear_dpr, size_args, small_cfgs
 from .checkpoint import inflate_patch_kernel, prepare_state_dict, resize_pos_embed, video_surgery
 
 __all__ = ["VideoMambaOut", "GatedCNNBlock", "checkpoint_filter_fn", "MAMBAOUT_SIZES"]
@@ -107,7 +98,7 @@ class VideoMambaOut(BaselineMixin, nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         if not image:
             self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = linear_dpr(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             GatedCNNBlock(embed_dim, expansion_ratio, kernel_size, conv_ratio, dpr[i], norm_eps, image)
             for i in range(depth)
@@ -137,7 +128,7 @@ class VideoMambaOut(BaselineMixin, nn.Module):
     def forward_features(self, x):
         """Normalised tokens ``(B, L, d)`` (no cls token)."""
         x, grid = self.embed(x)
-        return self.norm(run_blocks(self, self.blocks, x, extra=(grid,)))
+        return self.norm(self._run_blocks(self.blocks, x, extra=(grid,)))
 
     def forward_head(self, x, pre_logits: bool = False):
         x = self.head_drop(x.mean(dim=1))
@@ -177,8 +168,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
 default_cfgs = generate_default_cfgs({
     **{f"videomambaout_{s}": _cfg() for s in ("tiny", "small", "middle")},
     **{f"videomambaout_{s}_image": _cfg(num_classes=1000) for s in ("tiny", "small", "middle")},
-    **{f"videomambaout_{s}": _cfg(num_classes=4, input_size=(3, img, img))
-       for s, (img, _) in small_input_defaults().items()},
+    **small_cfgs("videomambaout"),
     "videomambaout_test_image": _cfg(num_classes=10, input_size=(3, 32, 32)),
 })
 

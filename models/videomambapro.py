@@ -32,10 +32,13 @@ from ._common import (  # noqa: E402  (MODEL_SIZES, PRO_OPTIONS, PatchEmbed: re-
     MODEL_SIZES,
     PRO_OPTIONS,
     VIDEOMAMBA_OPTIONS,
+    ClassifierMixin,
     PatchEmbed,
     _cfg,
     embed_group_matcher,
+    linear_dpr,
     run_blocks,
+    small_cfgs,
     small_input_defaults,
 )
 from .checkpoint import video_filter_fn  # noqa: E402
@@ -64,7 +67,7 @@ class Block(nn.Module):
         return self.mixer(hidden_states), residual
 
 
-class VideoMambaPro(nn.Module):
+class VideoMambaPro(ClassifierMixin, nn.Module):
     """VideoMamba backbone with the VideoMambaPro options (see ``BiMamba``).
 
     Video input ``(B, 3, T, H, W)`` (T = ``num_frames``), or ``(B, 3, H, W)`` with ``image=True``.
@@ -103,7 +106,7 @@ class VideoMambaPro(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim))
         if not image:
             self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 .. drop_path
+        dpr = linear_dpr(drop_path_rate, depth)  # linear 0 .. drop_path
         inter_dpr = [0.0] + dpr  # block i drops the previous block's mixer output
         mixer_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=self.scan_backend,
                             **self.options)
@@ -173,9 +176,6 @@ class VideoMambaPro(nn.Module):
     def get_num_layers(self):
         return self.depth
 
-    def set_grad_checkpointing(self, enable=True):
-        self.use_checkpoint = enable
-
     def set_mixer_recompute(self, mode: str = "inner"):
         """What every block's mixer recomputes in the backward instead of keeping (``mamba.modules.RECOMPUTE``:
         none / inner / all); values and gradients do not change, only memory and time."""
@@ -185,16 +185,6 @@ class VideoMambaPro(nn.Module):
             raise ValueError(f"mixer recompute must be one of {RECOMPUTE}, got {mode!r}")
         for layer in self.layers:
             layer.mixer.recompute = mode
-
-    def get_classifier(self):
-        return self.head
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
 
     # --- forward --------------------------------------------------------------------------------
     def embed(self, x):
@@ -219,13 +209,6 @@ class VideoMambaPro(nn.Module):
         hidden, residual = run_blocks(self, self.layers, (self.embed(x), None))
         return rms_norm_fn(self.drop_path(hidden), self.norm_f.weight, self.norm_f.eps, residual=residual,
                            prenorm=False, residual_in_fp32=self.residual_in_fp32, backend=self.scan_backend)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center"):
@@ -260,8 +243,7 @@ default_cfgs = generate_default_cfgs({
     **{f"{arch}_{size}": _cfg() for arch in ("videomambapro", "videomamba") for size in ("tiny", "small", "middle")},
     **{f"{arch}_{size}_image": _cfg(**_image)
        for arch in ("videomambapro", "videomamba") for size in ("tiny", "small", "middle")},
-    **{f"{arch}_{size}": _cfg(num_classes=4, input_size=(3, img, img))
-       for arch in ("videomambapro", "videomamba") for size, (img, _) in small_input_defaults().items()},
+    **small_cfgs("videomambapro", "videomamba"),
     **{f"{arch}_test_image": _cfg(num_classes=10, input_size=(3, 32, 32)) for arch in ("videomambapro", "videomamba")},
 })
 

@@ -27,16 +27,7 @@ from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from ._common import (
-    VIT_WEIGHTS,
-    BaselineMixin,
-    PatchEmbed,
-    _cfg,
-    build_baseline,
-    run_blocks,
-    size_args,
-    small_input_defaults,
-)
+from ._common import VIT_WEIGHTS, BaselineMixin, PatchEmbed, _cfg, build_baseline, linear_dpr, size_args, small_cfgs
 from .checkpoint import fill_from_model, prepare_state_dict, resize_temporal_embedding, video_surgery
 
 __all__ = ["ViViT", "checkpoint_filter_fn", "VIVIT_SIZES"]
@@ -70,7 +61,7 @@ class ViViT(BaselineMixin, nn.Module):
         self.temporal_pos_embed = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         total = depth + temporal_depth
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        dpr = linear_dpr(drop_path_rate, total)
         norm = partial(nn.LayerNorm, eps=norm_eps)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
@@ -106,7 +97,7 @@ class ViViT(BaselineMixin, nn.Module):
         x = rearrange(x, "b d t h w -> (b t) (h w) d")
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1).to(x.dtype)
         x = self.pos_drop(torch.cat([cls, x + self.pos_embed[:, 1:]], dim=1))
-        x = run_blocks(self, self.spatial_blocks, x)
+        x = self._run_blocks(self.spatial_blocks, x)
         return rearrange(self.spatial_norm(x)[:, 0], "(b t) d -> b t d", b=B)
 
     def forward_features(self, x):
@@ -114,7 +105,7 @@ class ViViT(BaselineMixin, nn.Module):
         x = self.forward_spatial(x)
         cls = self.temporal_cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
         x = self.pos_drop(torch.cat([cls, x + self.temporal_pos_embed], dim=1))
-        x = run_blocks(self, self.temporal_blocks, x, offset=self.depth)
+        x = self._run_blocks(self.temporal_blocks, x, offset=self.depth)
         return self.norm(x)
 
 
@@ -158,7 +149,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
 default_cfgs = generate_default_cfgs({
     **{f"vivit_{s}.augreg_in21k_ft_in1k": _cfg(hf_hub_id=f"timm/{v}.augreg_in21k_ft_in1k", num_classes=1000)
        for s, v in VIT_WEIGHTS.items()},
-    **{f"vivit_{s}": _cfg(num_classes=4, input_size=(3, img, img)) for s, (img, _) in small_input_defaults().items()},
+    **small_cfgs("vivit"),
 })
 
 
