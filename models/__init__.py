@@ -4,8 +4,9 @@ variants, and the small ``*_test`` / ``*_demo`` variants; the baselines ``timesf
 ``vivit_{tiny,small,base}`` (factorised encoder) and ``videomambaout_{tiny,small,middle}`` (gated CNN, no SSM),
 each with ``*_test`` / ``*_demo`` variants (``videomambaout_*_image`` too)."""
 from . import timesformer, videomambaout, videomambapro, vivit  # noqa: F401  (registers the models)
+from ._common import MODEL_SIZES, PRO_OPTIONS
 from .checkpoint import load_checkpoint_file, load_pretrained
-from .videomambapro import MODEL_SIZES, PRO_OPTIONS, VideoMambaPro, checkpoint_filter_fn
+from .videomambapro import VideoMambaPro, checkpoint_filter_fn
 
 __all__ = ["VideoMambaPro", "checkpoint_filter_fn", "load_checkpoint_file", "load_pretrained", "MODEL_SIZES",
            "PRO_OPTIONS", "registered_models"]

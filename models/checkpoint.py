@@ -10,8 +10,10 @@ and code-carrying files.
 (bicubic) and ``temporal_pos_embedding`` (linear), drop a mismatched head with a message, load, and
 assert that the missing keys are exactly the expected ones (STYLE.md item 10).
 
-The tensor surgery helpers below are model-agnostic; ``models.videomambapro.checkpoint_filter_fn``
-applies them for a given model (and is also timm's ``pretrained_filter_fn``).
+The tensor surgery below is model-agnostic: ``prepare_state_dict`` (the one unwrapper of a filter) and
+``video_surgery`` (patch kernel, embeddings, foreign and mismatched heads) serve every architecture file's
+``checkpoint_filter_fn`` (timm's ``pretrained_filter_fn``); ``video_filter_fn`` is the two together, the filter
+of VideoMamba / VideoMambaPro weights. This module imports no architecture file.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 from utils.checkpoint_io import (
     DEEPSPEED_MODEL_FILE,
@@ -31,10 +34,16 @@ from utils.checkpoint_io import (
 
 __all__ = [
     "load_checkpoint_file", "load_pretrained", "unwrap_state_dict", "strip_prefixes", "inflate_patch_kernel",
-    "resize_pos_embed", "resize_temporal_embedding", "filter_fn_for", "PREFIXES", "DEEPSPEED_MODEL_FILE",
+    "resize_pos_embed", "resize_temporal_embedding", "filter_fn_for", "prepare_state_dict", "video_surgery",
+    "video_filter_fn", "fill_from_model", "PREFIXES", "DEEPSPEED_MODEL_FILE",
 ]
 
 PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
+# the wrapper entries a checkpoint filter unwraps (one level), in order
+WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
+# Heads of VideoMamba's training set-ups that the classifier does not have: dropped on load.
+_FOREIGN_HEADS = {"distill_head": "the self-distillation head of VideoMamba's ImageNet student",
+                  "clip_decoder": "the CLIP-alignment decoder of VideoMamba's masked pretraining"}
 
 
 def _resolve_path(path: str) -> str:
@@ -66,15 +75,20 @@ def load_checkpoint_file(path, trust_checkpoint: bool = False) -> dict:
     return ckpt
 
 
+def _wrapper_key(ckpt: dict, keys):
+    """The first of ``keys`` whose entry in ``ckpt`` is a dict (a wrapped state dict), else None."""
+    return next((k for k in keys if k in ckpt and isinstance(ckpt[k], dict)), None)
+
+
 def unwrap_state_dict(ckpt: dict, model_key: str = "model|module", log=print):
     """Return ``(state_dict, key_used)``: the first of ``model_key.split('|')`` (then ``state_dict``)
     holding a dict; a bare state dict (tensor values) is returned as is with key ``None``."""
     keys = [k for k in model_key.split("|") if k] + ["state_dict"]
-    for k in keys:
-        if k in ckpt and isinstance(ckpt[k], dict):
-            if log:
-                log(f"load checkpoint: using the '{k}' entry")
-            return ckpt[k], k
+    k = _wrapper_key(ckpt, keys)
+    if k is not None:
+        if log:
+            log(f"load checkpoint: using the '{k}' entry")
+        return ckpt[k], k
     if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         return ckpt, None
     raise KeyError(f"no state dict under {keys} and not a bare state dict; top-level keys: {sorted(ckpt)[:20]}")
@@ -133,15 +147,136 @@ def resize_temporal_embedding(temb: torch.Tensor, new_t: int) -> torch.Tensor:
     return x.permute(0, 2, 1).to(temb.dtype).contiguous()
 
 
+def prepare_state_dict(state_dict, report, log=print, extra_prefixes=(), keys=WRAPPER_KEYS):
+    """The first step of every ``checkpoint_filter_fn``: unwrap one level of ``keys`` (``model`` / ``module`` /
+    ``state_dict`` / ``model_state``), strip the wrapper ``PREFIXES`` (and ``extra_prefixes`` when every key has one), keep only the
+    ``student.*`` of a distillation wrapper. Returns ``(state_dict, note)``; ``note(msg)`` logs and appends
+    ``msg`` to ``report['actions']`` (``report['prefixes_stripped']`` and ``report['head_dropped']`` are set)."""
+    log = log or (lambda *a, **k: None)
+    actions = report.setdefault("actions", [])
+    report.setdefault("head_dropped", False)
+
+    def note(msg):
+        actions.append(msg)
+        log("load checkpoint: " + msg)
+
+    key = _wrapper_key(state_dict, keys)
+    if key is not None:
+        state_dict = state_dict[key]
+        note(f"unwrapped '{key}'")
+    state_dict, stripped = strip_prefixes(state_dict)
+    extra = [p for p in extra_prefixes if state_dict and all(k.startswith(p) for k in state_dict)]
+    for p in extra:
+        state_dict = {k[len(p):]: v for k, v in state_dict.items()}
+    stripped += extra
+    report["prefixes_stripped"] = stripped
+    if stripped:
+        note(f"stripped prefixes {stripped}")
+    if extra:  # what an extra prefix hid (``model.module.``) is stripped too, noted but not in the report's list
+        state_dict, hidden = strip_prefixes(state_dict)
+        if hidden:
+            note(f"stripped prefixes {hidden}")
+    if any(k.startswith("student.") for k in state_dict):
+        state_dict = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
+        note("kept the student of a distillation checkpoint")
+    return dict(state_dict), note
+
+
+def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, inflate="center"):
+    """The shared steps of the filters on an unwrapped dict, for a model with the VideoMamba embedding layout
+    (``patch_embed.proj``, ``pos_embed`` with one cls position, ``temporal_pos_embedding``, ``head``): inflate a
+    2-D patch kernel (``inflate='center'`` as VideoMamba's ``inflate_weight``, or ``'average'``); drop VideoMamba's
+    foreign heads; rename the pretraining encoder's ``norm``; resize ``pos_embed`` (bicubic) and
+    ``temporal_pos_embedding`` (linear); zero-fill a missing temporal embedding (image checkpoint); drop a head
+    whose shape does not fit (``report['head_dropped']``)."""
+    log = log or (lambda *a, **k: None)
+    own = model.state_dict()
+    out = dict(state_dict)
+
+    w = out.get("patch_embed.proj.weight")
+    if w is not None and "patch_embed.proj.weight" in own:
+        target = own["patch_embed.proj.weight"]
+        if w.dim() == 4 and target.dim() == 5:
+            out["patch_embed.proj.weight"] = inflate_patch_kernel(w, target.shape[2], inflate)
+            note(f"inflated 2-D patch kernel {tuple(w.shape)} -> {tuple(target.shape)} ({inflate})")
+        elif w.dim() == 5 and target.dim() == 5 and w.shape[2] != target.shape[2] and w.shape[2] == 1:
+            out["patch_embed.proj.weight"] = inflate_patch_kernel(w[:, :, 0], target.shape[2], inflate)
+            note(f"inflated tubelet-1 patch kernel to tubelet {target.shape[2]} ({inflate})")
+        elif w.dim() == 5 and target.dim() == 4 and w.shape[2] == 1:
+            out["patch_embed.proj.weight"] = w[:, :, 0]
+            note("squeezed a tubelet-1 video patch kernel for the image model")
+
+    dropped = sorted({k.split(".")[0] for k in out if k.split(".")[0] in _FOREIGN_HEADS and k not in own})
+    for prefix in dropped:
+        for k in [k for k in out if k.split(".")[0] == prefix]:
+            del out[k]
+        note(f"dropped {prefix}.* ({_FOREIGN_HEADS[prefix]})")
+    if "norm.weight" in out and "norm.weight" not in own and "norm_f.weight" in own and "norm_f.weight" not in out:
+        out["norm_f.weight"] = out.pop("norm.weight")  # VideoMamba's masked-pretraining encoder names it 'norm'
+        note("renamed the pretraining encoder's final norm.weight -> norm_f.weight")
+
+    pos = out.get("pos_embed")
+    if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
+        out["pos_embed"] = resample_abs_pos_embed(pos, list(model.patch_embed.grid_size), num_prefix_tokens=1,
+                                                  interpolation="bicubic", antialias=False)
+        note(f"resized pos_embed {tuple(pos.shape)} -> {tuple(out['pos_embed'].shape)} (bicubic)")
+
+    temb = out.get("temporal_pos_embedding")
+    if "temporal_pos_embedding" in own:
+        t_new = own["temporal_pos_embedding"].shape[1]
+        if temb is None:
+            out["temporal_pos_embedding"] = torch.zeros_like(own["temporal_pos_embedding"])
+            note("no temporal_pos_embedding in the checkpoint (image weights): initialised to zeros")
+        else:
+            if orig_t_size is not None and temb.shape[1] not in (orig_t_size, orig_t_size // model.tubelet_size):
+                log(f"load checkpoint: warning: orig_t_size={orig_t_size} but the checkpoint's temporal embedding "
+                    f"has {temb.shape[1]} positions; using the checkpoint's")
+            if temb.shape[1] != t_new and temb.shape[-1] == own["temporal_pos_embedding"].shape[-1]:
+                out["temporal_pos_embedding"] = resize_temporal_embedding(temb, t_new)
+                note(f"resized temporal_pos_embedding {temb.shape[1]} -> {t_new} (linear)")
+    elif temb is not None:
+        del out["temporal_pos_embedding"]
+        note("dropped temporal_pos_embedding (image model)")
+
+    head_keys = [k for k in out if k.startswith("head.")]
+    if head_keys and any(k not in own or out[k].shape != own[k].shape for k in head_keys):
+        shapes = {k: tuple(out[k].shape) for k in head_keys}
+        for k in head_keys:
+            del out[k]
+        report["head_dropped"] = True
+        note(f"dropped the checkpoint's head {shapes}: it does not fit the model's "
+             f"{model.num_classes} classes (the head stays freshly initialised)")
+    return out
+
+
+def video_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center"):
+    """A VideoMamba / VideoMambaPro state dict (any known wrapping) for ``model``: ``prepare_state_dict`` then
+    ``video_surgery``; actions are logged and appended to ``report['actions']``."""
+    report = report if report is not None else {}
+    state_dict, note = prepare_state_dict(state_dict, report, log)
+    return video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
+
+
+def fill_from_model(out, model, predicate, what, report, note):
+    """Keys of ``model`` selected by ``predicate`` and absent from ``out`` keep the model's own initialisation
+    (recorded in ``report['initialised']``): the named keys an image checkpoint cannot provide. Any other
+    missing key stays missing, so ``load_pretrained``'s missing-key check still catches it."""
+    own = model.state_dict()
+    keys = sorted(k for k in own if predicate(k) and k not in out)
+    for k in keys:
+        out[k] = own[k].detach().clone()
+    if keys:
+        report.setdefault("initialised", []).extend(keys)
+        note(f"not in the checkpoint, kept the model's initialisation: {what} ({len(keys)} tensors)")
+    return keys
+
+
 def filter_fn_for(model):
     """The ``checkpoint_filter_fn`` of the file that defines ``model``'s class (each architecture file in
-    models/ has one: TimeSformer, ViViT, VideoMambaOut...); VideoMambaPro's for any other model."""
+    models/ has one: TimeSformer, ViViT, VideoMambaOut...); ``video_filter_fn`` (VideoMamba's) for any other."""
     import sys
 
-    fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if fn is None:
-        from .videomambapro import checkpoint_filter_fn as fn  # lazy: videomambapro imports this module
-    return fn
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None) or video_filter_fn
 
 
 def _depths(unexpected, own: dict, ckpt: dict) -> str:

@@ -26,22 +26,11 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention  # timm.layers.Attention in timm >= 1.0.16, re-exported here
 
-from ._baseline_common import (
-    VIT_WEIGHTS,
-    BaselineMixin,
-    fill_from_model,
-    prepare_state_dict,
-    reject_pro_options,
-    run_blocks,
-    shared_surgery,
-    small_input_defaults,
-    with_defaults,
-)
-from .videomambapro import PatchEmbed, _cfg
-from .videomambapro import checkpoint_filter_fn as _shared_filter
+from ._common import VIT_WEIGHTS, BaselineMixin, PatchEmbed, _cfg, build_baseline, linear_dpr, size_args, small_cfgs
+from .checkpoint import fill_from_model, prepare_state_dict, video_surgery
 
 __all__ = ["TimeSformer", "DividedSpaceTimeBlock", "checkpoint_filter_fn", "TIMESFORMER_SIZES"]
 
@@ -94,27 +83,25 @@ class TimeSformer(BaselineMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=400, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, num_frames=8, tubelet_size=1, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False, checkpoint_num=0,
-                 norm_eps=1e-6):
+                 norm_eps=1e-6, scan_backend=None):
         super().__init__()
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
-        self.num_classes, self.embed_dim, self.num_features, self.depth = num_classes, embed_dim, embed_dim, depth
+        self._init_interface(num_classes, embed_dim, use_checkpoint, checkpoint_num, scan_backend)
+        self.depth = depth
         self.num_frames, self.tubelet_size = num_frames, tubelet_size
-        self.use_checkpoint, self.checkpoint_num = use_checkpoint, checkpoint_num
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, tubelet_size)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = linear_dpr(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             DividedSpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], attn_drop_rate, drop_rate, norm_eps)
             for i in range(depth)
         ])
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(embed_dim, num_classes, fc_drop_rate, norm_eps)
         self.init_weights()
 
     @torch.no_grad()
@@ -141,7 +128,7 @@ class TimeSformer(BaselineMixin, nn.Module):
 
     def forward_features(self, x):
         """Normalised tokens ``(B, 1 + T'N, d)``: the cls token, then the patches frame-major."""
-        cls, x = run_blocks(self, self.blocks, self.embed(x))
+        cls, x = self._run_blocks(self.blocks, self.embed(x))
         return self.norm(torch.cat([cls, rearrange(x, "b t n d -> b (t n) d")], dim=1))
 
 
@@ -170,7 +157,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
                 copied += 1
         note(f"image checkpoint: temporal attention / norm of every block copied from its spatial ones ({copied} "
              "tensors)")
-    out = shared_surgery(_shared_filter, state_dict, model, report, orig_t_size=orig_t_size, log=log, inflate=inflate)
+    out = video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
     if is_image:
         fill_from_model(out, model, lambda k: ".temporal_fc." in k, "temporal_fc (zero: the temporal branch starts "
                         "as a no-op)", report, note)
@@ -185,42 +172,43 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
 default_cfgs = generate_default_cfgs({
     **{f"timesformer_{s}.augreg_in21k_ft_in1k": _cfg(hf_hub_id=f"timm/{v}.augreg_in21k_ft_in1k", num_classes=1000)
        for s, v in VIT_WEIGHTS.items()},
-    **{f"timesformer_{s}": _cfg(num_classes=4, input_size=(3, img, img))
-       for s, (img, _) in small_input_defaults().items()},
+    **small_cfgs("timesformer"),
 })
 
 
-def _create_timesformer(variant, pretrained=False, **kwargs):
-    reject_pro_options(variant, kwargs)
-    size = variant.split("_")[1]
-    embed_dim, depth, heads = TIMESFORMER_SIZES[size]
-    defaults = dict(embed_dim=embed_dim, depth=depth, num_heads=heads)
-    defaults.update(small_input_defaults(size))
-    kwargs = with_defaults(kwargs, defaults)
-    return build_model_with_cfg(TimeSformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **kwargs)
+def _create_timesformer(variant, pretrained=False, model_args=None, **kwargs):
+    return build_baseline(TimeSformer, variant, pretrained, model_args, checkpoint_filter_fn, **kwargs)
+
+
+def _args(size):
+    return size_args(TIMESFORMER_SIZES, ("embed_dim", "depth", "num_heads"), size)
 
 
 @register_model
 def timesformer_tiny(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_tiny", pretrained, **kwargs)
+    model_args = _args("tiny")
+    return _create_timesformer("timesformer_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_small(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_small", pretrained, **kwargs)
+    model_args = _args("small")
+    return _create_timesformer("timesformer_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_base(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_base", pretrained, **kwargs)
+    model_args = _args("base")
+    return _create_timesformer("timesformer_base", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_demo(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_demo", pretrained, **kwargs)
+    model_args = _args("demo")
+    return _create_timesformer("timesformer_demo", pretrained, model_args, **kwargs)
 
 
 @register_model
 def timesformer_test(pretrained=False, **kwargs):
-    return _create_timesformer("timesformer_test", pretrained, **kwargs)
+    model_args = _args("test")
+    return _create_timesformer("timesformer_test", pretrained, model_args, **kwargs)

@@ -29,20 +29,10 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ._baseline_common import (
-    BaselineMixin,
-    prepare_state_dict,
-    reject_pro_options,
-    run_blocks,
-    shared_surgery,
-    small_input_defaults,
-    with_defaults,
-)
-from .checkpoint import inflate_patch_kernel, resize_pos_embed
-from .videomambapro import MODEL_SIZES, PatchEmbed, _cfg
-from .videomambapro import checkpoint_filter_fn as _shared_filter
+from ._common import MODEL_SIZES, BaselineMixin, PatchEmbed, _cfg, build_baseline, linear_dpr, size_args, small_cfgs
+from .checkpoint import inflate_patch_kernel, prepare_state_dict, resize_pos_embed, video_surgery
 
 __all__ = ["VideoMambaOut", "GatedCNNBlock", "checkpoint_filter_fn", "MAMBAOUT_SIZES"]
 
@@ -97,25 +87,23 @@ class VideoMambaOut(BaselineMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=400, embed_dim=192, depth=24,
                  num_frames=16, tubelet_size=1, image=False, expansion_ratio=8 / 3, kernel_size=(3, 7, 7),
                  conv_ratio=1.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False, checkpoint_num=0,
-                 norm_eps=1e-6):
+                 norm_eps=1e-6, scan_backend=None):
         super().__init__()
         if not image and num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
-        self.num_classes, self.embed_dim, self.num_features, self.depth = num_classes, embed_dim, embed_dim, depth
+        self._init_interface(num_classes, embed_dim, use_checkpoint, checkpoint_num, scan_backend)
+        self.depth = depth
         self.image, self.num_frames, self.tubelet_size = image, (1 if image else num_frames), tubelet_size
-        self.use_checkpoint, self.checkpoint_num = use_checkpoint, checkpoint_num
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, tubelet_size, image)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         if not image:
             self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = linear_dpr(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             GatedCNNBlock(embed_dim, expansion_ratio, kernel_size, conv_ratio, dpr[i], norm_eps, image)
             for i in range(depth)
         ])
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(embed_dim, num_classes, fc_drop_rate, norm_eps)
         self.init_weights()
 
     @torch.no_grad()
@@ -140,7 +128,7 @@ class VideoMambaOut(BaselineMixin, nn.Module):
     def forward_features(self, x):
         """Normalised tokens ``(B, L, d)`` (no cls token)."""
         x, grid = self.embed(x)
-        return self.norm(run_blocks(self, self.blocks, x, extra=(grid,)))
+        return self.norm(self._run_blocks(self.blocks, x, extra=(grid,)))
 
     def forward_head(self, x, pre_logits: bool = False):
         x = self.head_drop(x.mean(dim=1))
@@ -174,75 +162,74 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
         note(f"inflated {inflated} 2-D depthwise kernels to 3-D ({inflate})")
     if squeezed:
         note(f"took the centre frame of {squeezed} 3-D depthwise kernels for the image model")
-    return shared_surgery(_shared_filter, state_dict, model, report, orig_t_size=orig_t_size, log=log,
-                          inflate=inflate)
+    return video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
 
 
 default_cfgs = generate_default_cfgs({
     **{f"videomambaout_{s}": _cfg() for s in ("tiny", "small", "middle")},
     **{f"videomambaout_{s}_image": _cfg(num_classes=1000) for s in ("tiny", "small", "middle")},
-    **{f"videomambaout_{s}": _cfg(num_classes=4, input_size=(3, img, img))
-       for s, (img, _) in small_input_defaults().items()},
+    **small_cfgs("videomambaout"),
     "videomambaout_test_image": _cfg(num_classes=10, input_size=(3, 32, 32)),
 })
 
 
-def _create_videomambaout(variant, pretrained=False, **kwargs):
-    reject_pro_options(variant, kwargs)
-    size = variant.split("_")[1]
-    image = variant.endswith("_image")
-    embed_dim, depth = MAMBAOUT_SIZES[size]
-    defaults = dict(embed_dim=embed_dim, depth=depth, image=image)
-    defaults.update(small_input_defaults(size))
-    if image:
-        defaults.pop("num_frames", None)
-    kwargs = with_defaults(kwargs, defaults)
-    if image:
-        kwargs.pop("num_frames", None)
-    return build_model_with_cfg(VideoMambaOut, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **kwargs)
+def _create_videomambaout(variant, pretrained=False, model_args=None, **kwargs):
+    return build_baseline(VideoMambaOut, variant, pretrained, model_args, checkpoint_filter_fn, **kwargs)
+
+
+def _args(size, **kw):
+    return size_args(MAMBAOUT_SIZES, ("embed_dim", "depth"), size, **kw)
 
 
 @register_model
 def videomambaout_tiny(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_tiny", pretrained, **kwargs)
+    model_args = _args("tiny")
+    return _create_videomambaout("videomambaout_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_small(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_small", pretrained, **kwargs)
+    model_args = _args("small")
+    return _create_videomambaout("videomambaout_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_middle(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_middle", pretrained, **kwargs)
+    model_args = _args("middle")
+    return _create_videomambaout("videomambaout_middle", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_tiny_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_tiny_image", pretrained, **kwargs)
+    model_args = _args("tiny", image=True)
+    return _create_videomambaout("videomambaout_tiny_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_small_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_small_image", pretrained, **kwargs)
+    model_args = _args("small", image=True)
+    return _create_videomambaout("videomambaout_small_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_middle_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_middle_image", pretrained, **kwargs)
+    model_args = _args("middle", image=True)
+    return _create_videomambaout("videomambaout_middle_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_demo(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_demo", pretrained, **kwargs)
+    model_args = _args("demo")
+    return _create_videomambaout("videomambaout_demo", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_test(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_test", pretrained, **kwargs)
+    model_args = _args("test")
+    return _create_videomambaout("videomambaout_test", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambaout_test_image(pretrained=False, **kwargs):
-    return _create_videomambaout("videomambaout_test_image", pretrained, **kwargs)
+    model_args = _args("test", image=True)
+    return _create_videomambaout("videomambaout_test_image", pretrained, model_args, **kwargs)

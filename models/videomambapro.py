@@ -11,9 +11,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as torch_checkpoint
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from einops import rearrange
+from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 import mamba
@@ -26,49 +25,26 @@ if not getattr(mamba, "IS_VIDEOMAMBAPRO_MAMBA", False):  # pragma: no cover - en
     )
 
 from mamba.modules.bimamba import RESIDUAL_START, BiMamba  # noqa: E402
+from mamba.ops.backend import validate_backend  # noqa: E402
 from mamba.ops.rms_norm import RMSNorm, rms_norm_fn  # noqa: E402
 
-from .checkpoint import (  # noqa: E402
-    inflate_patch_kernel,
-    resize_temporal_embedding,
-    strip_prefixes,
+from ._common import (  # noqa: E402  (MODEL_SIZES, PRO_OPTIONS, PatchEmbed: re-exported, their home is _common)
+    MODEL_SIZES,
+    PRO_OPTIONS,
+    VIDEOMAMBA_OPTIONS,
+    ClassifierMixin,
+    PatchEmbed,
+    _cfg,
+    embed_group_matcher,
+    linear_dpr,
+    run_blocks,
+    small_cfgs,
+    small_input_defaults,
 )
+from .checkpoint import video_filter_fn  # noqa: E402
 from .zoo import HUB_REPO, WEIGHTS_LICENSE_NOTE, ZOO  # noqa: E402
 
 __all__ = ["VideoMambaPro", "Block", "PatchEmbed", "checkpoint_filter_fn", "MODEL_SIZES", "PRO_OPTIONS"]
-
-# name -> (embed_dim, depth)
-MODEL_SIZES = {"test": (32, 2), "demo": (96, 6), "tiny": (192, 24), "small": (384, 24), "middle": (576, 32)}
-PRO_OPTIONS = dict(bwd_mask=True, residual_start="both", mask_drops_D=False, gate=True, divide_out=False)
-VIDEOMAMBA_OPTIONS = dict(PRO_OPTIONS, bwd_mask=False, residual_start="none")
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches: ``Conv3d`` with kernel = stride = (tubelet, p, p) for video,
-    ``Conv2d`` (p, p) for images. Returns ``(B, d, T', h, w)`` or ``(B, d, h, w)``."""
-
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=192, tubelet_size=1, image=False):
-        super().__init__()
-        self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(patch_size)
-        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.tubelet_size, self.image = tubelet_size, image
-        if image:
-            self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, stride=self.patch_size)
-        else:
-            k = (tubelet_size, *self.patch_size)
-            self.proj = nn.Conv3d(in_chans, embed_dim, k, stride=k)
-
-    def forward(self, x):
-        want = 4 if self.image else 5
-        if x.dim() != want:
-            kind = "(B, C, H, W) images" if self.image else "(B, C, T, H, W) clips"
-            raise ValueError(f"expected {kind}, got a tensor of shape {tuple(x.shape)}")
-        if tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(f"input size {tuple(x.shape[-2:])} does not match the model's img_size {self.img_size}")
-        return self.proj(x)
 
 
 class Block(nn.Module):
@@ -76,7 +52,7 @@ class Block(nn.Module):
 
     def __init__(self, dim, mixer_kwargs=None, drop_path=0.0, norm_eps=1e-5, residual_in_fp32=True):
         super().__init__()
-        self.mixer = BiMamba(dim, **(mixer_kwargs or {}))
+        self.mixer = BiMamba(dim, **(mixer_kwargs or {}))  # its scan_backend is the block's (the norm follows it)
         self.norm = RMSNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.residual_in_fp32 = residual_in_fp32
@@ -86,12 +62,12 @@ class Block(nn.Module):
             hidden_states = self.drop_path(hidden_states)
         hidden_states, residual = rms_norm_fn(
             hidden_states, self.norm.weight, self.norm.eps, residual=residual, prenorm=True,
-            residual_in_fp32=self.residual_in_fp32,
+            residual_in_fp32=self.residual_in_fp32, backend=self.mixer.scan_backend,
         )
         return self.mixer(hidden_states), residual
 
 
-class VideoMambaPro(nn.Module):
+class VideoMambaPro(ClassifierMixin, nn.Module):
     """VideoMamba backbone with the VideoMambaPro options (see ``BiMamba``).
 
     Video input ``(B, 3, T, H, W)`` (T = ``num_frames``), or ``(B, 3, H, W)`` with ``image=True``.
@@ -99,6 +75,9 @@ class VideoMambaPro(nn.Module):
     when ``checkpoint_num <= 0``, so the flag is never silently a no-op).
     ``init_mode``: ``'default'`` (ours) or ``'videomamba'`` (VideoMamba's from-scratch initialisation, see
     ``init_weights``).
+    ``scan_backend``: the model's scan backend (``mamba.ops.backend.BACKENDS``), followed by every block's scan,
+    causal conv and norm; None follows the global switch (``set_scan_backend`` / ``VMP_SCAN_BACKEND``) at each
+    call. Stored as ``self.scan_backend``; ``resolved_scan_backend(device_type)`` is what runs there.
     """
 
     def __init__(
@@ -106,7 +85,7 @@ class VideoMambaPro(nn.Module):
         num_frames=16, tubelet_size=1, image=False, drop_path_rate=0.0, fc_drop_rate=0.0,
         use_checkpoint=False, checkpoint_num=0, d_state=16, d_conv=4, expand=2, norm_eps=1e-5,
         residual_in_fp32=True, bwd_mask=True, residual_start="both", mask_drops_D=False, gate=True,
-        divide_out=False, init_mode="default",
+        divide_out=False, init_mode="default", scan_backend=None,
     ):
         super().__init__()
         if residual_start not in RESIDUAL_START:
@@ -117,6 +96,7 @@ class VideoMambaPro(nn.Module):
         self.image, self.num_frames, self.tubelet_size = image, (1 if image else num_frames), tubelet_size
         self.use_checkpoint, self.checkpoint_num = use_checkpoint, checkpoint_num
         self.residual_in_fp32 = residual_in_fp32
+        self.scan_backend = validate_backend(scan_backend)
         self.options = dict(bwd_mask=bwd_mask, residual_start=residual_start, mask_drops_D=mask_drops_D,
                             gate=gate, divide_out=divide_out)
 
@@ -126,9 +106,10 @@ class VideoMambaPro(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim))
         if not image:
             self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 .. drop_path
+        dpr = linear_dpr(drop_path_rate, depth)  # linear 0 .. drop_path
         inter_dpr = [0.0] + dpr  # block i drops the previous block's mixer output
-        mixer_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, **self.options)
+        mixer_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=self.scan_backend,
+                            **self.options)
         self.layers = nn.ModuleList(
             [Block(embed_dim, mixer_kwargs, inter_dpr[i], norm_eps, residual_in_fp32) for i in range(depth)]
         )
@@ -177,6 +158,16 @@ class VideoMambaPro(nn.Module):
             mixer.out_proj.weight.div_(math.sqrt(self.depth))
 
     # --- timm / training-engine interface -------------------------------------------------------
+    def resolved_scan_backend(self, device_type: str) -> str:
+        """The backend this model's scan runs on for tensors on ``device_type`` (its own choice or the switch)."""
+        from mamba.ops.backend import resolve_backend
+
+        return resolve_backend(device_type, self.scan_backend)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        return embed_group_matcher("layers")
+
     def no_weight_decay(self):
         names = {"pos_embed", "cls_token", "temporal_pos_embedding"}
         names |= {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
@@ -184,9 +175,6 @@ class VideoMambaPro(nn.Module):
 
     def get_num_layers(self):
         return self.depth
-
-    def set_grad_checkpointing(self, enable=True):
-        self.use_checkpoint = enable
 
     def set_mixer_recompute(self, mode: str = "inner"):
         """What every block's mixer recomputes in the backward instead of keeping (``mamba.modules.RECOMPUTE``:
@@ -198,16 +186,6 @@ class VideoMambaPro(nn.Module):
         for layer in self.layers:
             layer.mixer.recompute = mode
 
-    def get_classifier(self):
-        return self.head
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
     # --- forward --------------------------------------------------------------------------------
     def embed(self, x):
         """Patch embedding + position embeddings -> tokens ``(B, 1 + T'n, d)``, frame-major."""
@@ -215,40 +193,22 @@ class VideoMambaPro(nn.Module):
         B, d = x.shape[:2]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)
         if self.image:
-            x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+            x = rearrange(x, "b d h w -> b (h w) d") + self.pos_embed[:, 1:]
         else:
             T = x.shape[2]
             if T != self.temporal_pos_embedding.shape[1]:
                 raise ValueError(f"clip has {T * self.tubelet_size} frames; the model was built for "
                                  f"num_frames={self.num_frames} (tubelet {self.tubelet_size})")
-            x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T', n, d)
+            x = rearrange(x, "b d t h w -> b t (h w) d")
             x = x + self.pos_embed[:, None, 1:] + self.temporal_pos_embedding[:, :, None]
-            x = x.reshape(B, -1, d)
+            x = rearrange(x, "b t n d -> b (t n) d")
         return torch.cat([cls.to(x.dtype), x], dim=1)
 
     def forward_features(self, x):
         """Normalised tokens ``(B, L, d)`` (token 0 is the cls token)."""
-        hidden, residual = self.embed(x), None
-        n_ckpt = self.depth if self.checkpoint_num <= 0 else self.checkpoint_num
-        for i, layer in enumerate(self.layers):
-            if self.use_checkpoint and i < n_ckpt and torch.is_grad_enabled():
-                hidden, residual = torch_checkpoint.checkpoint(layer, hidden, residual, use_reentrant=False)
-            else:
-                hidden, residual = layer(hidden, residual)
+        hidden, residual = run_blocks(self, self.layers, (self.embed(x), None))
         return rms_norm_fn(self.drop_path(hidden), self.norm_f.weight, self.norm_f.eps, residual=residual,
-                           prenorm=False, residual_in_fp32=self.residual_in_fp32)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-
-# Heads of VideoMamba's training set-ups that the classifier does not have: dropped on load.
-_FOREIGN_HEADS = {"distill_head": "the self-distillation head of VideoMamba's ImageNet student",
-                  "clip_decoder": "the CLIP-alignment decoder of VideoMamba's masked pretraining"}
+                           prenorm=False, residual_in_fp32=self.residual_in_fp32, backend=self.scan_backend)
 
 
 def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center"):
@@ -256,103 +216,16 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
 
     Unwraps ``model``/``module``/``state_dict``; strips ``module.``/``_orig_mod.``/``backbone.``/
     ``encoder.`` (and keeps only ``student.*`` of a distillation wrapper); inflates a 2-D patch kernel
-    (``inflate='center'`` as VideoMamba's ``inflate_weight``, or ``'average'``); resizes ``pos_embed``
-    (bicubic) and ``temporal_pos_embedding`` (linear); zero-fills a missing temporal embedding (image
-    checkpoint); drops a head whose shape does not fit. Actions are logged and appended to
-    ``report['actions']`` (``report['head_dropped']`` is set).
+    (``inflate='center'`` as VideoMamba's ``inflate_weight``, or ``'average'``); drops VideoMamba's
+    ``distill_head`` / ``clip_decoder``; resizes ``pos_embed`` (bicubic) and ``temporal_pos_embedding``
+    (linear); zero-fills a missing temporal embedding (image checkpoint); drops a head whose shape does not
+    fit. Actions are logged and appended to ``report['actions']`` (``report['head_dropped']`` is set).
+    The steps are ``models.checkpoint``'s (``prepare_state_dict`` + ``video_surgery``), shared with the baselines.
     """
-    log = log or (lambda *a, **k: None)
-    report = report if report is not None else {}
-    actions = report.setdefault("actions", [])
-    report.setdefault("head_dropped", False)
-
-    def note(msg):
-        actions.append(msg)
-        log("load checkpoint: " + msg)
-
-    for key in ("model", "module", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            note(f"unwrapped '{key}'")
-            break
-    state_dict, stripped = strip_prefixes(state_dict)
-    report["prefixes_stripped"] = stripped
-    if stripped:
-        note(f"stripped prefixes {stripped}")
-    if any(k.startswith("student.") for k in state_dict):
-        state_dict = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
-        note("kept the student of a distillation checkpoint")
-
-    own = model.state_dict()
-    out = dict(state_dict)
-
-    w = out.get("patch_embed.proj.weight")
-    if w is not None and "patch_embed.proj.weight" in own:
-        target = own["patch_embed.proj.weight"]
-        if w.dim() == 4 and target.dim() == 5:
-            out["patch_embed.proj.weight"] = inflate_patch_kernel(w, target.shape[2], inflate)
-            note(f"inflated 2-D patch kernel {tuple(w.shape)} -> {tuple(target.shape)} ({inflate})")
-        elif w.dim() == 5 and target.dim() == 5 and w.shape[2] != target.shape[2] and w.shape[2] == 1:
-            out["patch_embed.proj.weight"] = inflate_patch_kernel(w[:, :, 0], target.shape[2], inflate)
-            note(f"inflated tubelet-1 patch kernel to tubelet {target.shape[2]} ({inflate})")
-        elif w.dim() == 5 and target.dim() == 4 and w.shape[2] == 1:
-            out["patch_embed.proj.weight"] = w[:, :, 0]
-            note("squeezed a tubelet-1 video patch kernel for the image model")
-
-    dropped = sorted({k.split(".")[0] for k in out if k.split(".")[0] in _FOREIGN_HEADS and k not in own})
-    for prefix in dropped:
-        for k in [k for k in out if k.split(".")[0] == prefix]:
-            del out[k]
-        note(f"dropped {prefix}.* ({_FOREIGN_HEADS[prefix]})")
-    if "norm.weight" in out and "norm.weight" not in own and "norm_f.weight" in own and "norm_f.weight" not in out:
-        out["norm_f.weight"] = out.pop("norm.weight")  # VideoMamba's masked-pretraining encoder names it 'norm'
-        note("renamed the pretraining encoder's final norm.weight -> norm_f.weight")
-
-    pos = out.get("pos_embed")
-    if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
-        out["pos_embed"] = resample_abs_pos_embed(pos, list(model.patch_embed.grid_size), num_prefix_tokens=1,
-                                                  interpolation="bicubic", antialias=False)
-        note(f"resized pos_embed {tuple(pos.shape)} -> {tuple(out['pos_embed'].shape)} (bicubic)")
-
-    temb = out.get("temporal_pos_embedding")
-    if "temporal_pos_embedding" in own:
-        t_new = own["temporal_pos_embedding"].shape[1]
-        if temb is None:
-            out["temporal_pos_embedding"] = torch.zeros_like(own["temporal_pos_embedding"])
-            note("no temporal_pos_embedding in the checkpoint (image weights): initialised to zeros")
-        else:
-            if orig_t_size is not None and temb.shape[1] not in (orig_t_size, orig_t_size // model.tubelet_size):
-                log(f"load checkpoint: warning: orig_t_size={orig_t_size} but the checkpoint's temporal embedding "
-                    f"has {temb.shape[1]} positions; using the checkpoint's")
-            if temb.shape[1] != t_new and temb.shape[-1] == own["temporal_pos_embedding"].shape[-1]:
-                out["temporal_pos_embedding"] = resize_temporal_embedding(temb, t_new)
-                note(f"resized temporal_pos_embedding {temb.shape[1]} -> {t_new} (linear)")
-    elif temb is not None:
-        del out["temporal_pos_embedding"]
-        note("dropped temporal_pos_embedding (image model)")
-
-    head_keys = [k for k in out if k.startswith("head.")]
-    if head_keys and any(k not in own or out[k].shape != own[k].shape for k in head_keys):
-        shapes = {k: tuple(out[k].shape) for k in head_keys}
-        for k in head_keys:
-            del out[k]
-        report["head_dropped"] = True
-        note(f"dropped the checkpoint's head {shapes}: it does not fit the model's "
-             f"{model.num_classes} classes (the head stays freshly initialised)")
-    return out
-
-
-def _cfg(url="", **kwargs):
-    return {
-        "url": url, "num_classes": 400, "input_size": (3, 224, 224), "pool_size": None,
-        "crop_pct": 1.0, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
+    return video_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report, inflate=inflate)
 
 
 _image = dict(num_classes=1000)
-# (img_size, num_frames) defaults of the small variants; timm's PretrainedCfg has no frame count field.
-_SMALL_INPUT = {"test": (32, 4), "demo": (64, 8)}
 
 
 def _zoo_cfg(e):
@@ -370,28 +243,31 @@ default_cfgs = generate_default_cfgs({
     **{f"{arch}_{size}": _cfg() for arch in ("videomambapro", "videomamba") for size in ("tiny", "small", "middle")},
     **{f"{arch}_{size}_image": _cfg(**_image)
        for arch in ("videomambapro", "videomamba") for size in ("tiny", "small", "middle")},
-    **{f"{arch}_{size}": _cfg(num_classes=4, input_size=(3, img, img))
-       for arch in ("videomambapro", "videomamba") for size, (img, _) in _SMALL_INPUT.items()},
+    **small_cfgs("videomambapro", "videomamba"),
     **{f"{arch}_test_image": _cfg(num_classes=10, input_size=(3, 32, 32)) for arch in ("videomambapro", "videomamba")},
 })
 
 
-def _create_videomambapro(variant, pretrained=False, **kwargs):
+def _args(size, **kw):
+    """The ``model_args`` of one VideoMamba size: ``MODEL_SIZES``' width and depth (and the small variants' input
+    size and frames), plus ``kw``."""
+    embed_dim, depth = MODEL_SIZES[size]
+    return dict(embed_dim=embed_dim, depth=depth, **small_input_defaults(size), **kw)
+
+
+def _create_videomambapro(variant, pretrained=False, model_args=None, **kwargs):
+    """Build ``variant``: each of ``model_args`` (and of the VideoMambaPro options' defaults) fills a kwarg that
+    is missing or None; a released checkpoint's tag gives its frames and input size unless given."""
+    model_args = {**PRO_OPTIONS, "image": False, **(model_args or {})}
+    image = model_args["image"]
     tag = kwargs.get("pretrained_cfg")
     entry = ZOO.get(f"{variant}.{tag}") if isinstance(tag, str) else None
     if entry is not None:  # a released checkpoint: its frames / size unless given
-        if entry.num_frames and not variant.endswith("_image") and kwargs.get("num_frames") is None:
+        if entry.num_frames and not image and kwargs.get("num_frames") is None:
             kwargs["num_frames"] = entry.num_frames
         if kwargs.get("img_size") is None:
             kwargs["img_size"] = entry.img_size
-    arch, size = variant.split("_")[:2]
-    image = variant.endswith("_image")
-    embed_dim, depth = MODEL_SIZES[size]
-    defaults = dict(VIDEOMAMBA_OPTIONS if arch == "videomamba" else PRO_OPTIONS)
-    defaults.update(embed_dim=embed_dim, depth=depth, image=image)
-    if size in _SMALL_INPUT:
-        defaults["img_size"], defaults["num_frames"] = _SMALL_INPUT[size]
-    for k, v in defaults.items():
+    for k, v in model_args.items():
         if kwargs.get(k) is None:
             kwargs[k] = v
     if image:
@@ -401,92 +277,109 @@ def _create_videomambapro(variant, pretrained=False, **kwargs):
     )
 
 
-
 @register_model
 def videomambapro_tiny(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_tiny", pretrained, **kwargs)
-
-
-@register_model
-def videomambapro_small(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_small", pretrained, **kwargs)
-
-
-@register_model
-def videomambapro_middle(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_middle", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_tiny(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_tiny", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_small(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_small", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_middle(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_middle", pretrained, **kwargs)
+    model_args = _args("tiny")
+    return _create_videomambapro("videomambapro_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_tiny_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_tiny_image", pretrained, **kwargs)
+    model_args = _args("tiny", image=True)
+    return _create_videomambapro("videomambapro_tiny_image", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomambapro_small(pretrained=False, **kwargs):
+    model_args = _args("small")
+    return _create_videomambapro("videomambapro_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_small_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_small_image", pretrained, **kwargs)
+    model_args = _args("small", image=True)
+    return _create_videomambapro("videomambapro_small_image", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomambapro_middle(pretrained=False, **kwargs):
+    model_args = _args("middle")
+    return _create_videomambapro("videomambapro_middle", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_middle_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_middle_image", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_tiny_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_tiny_image", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_small_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_small_image", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_middle_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_middle_image", pretrained, **kwargs)
+    model_args = _args("middle", image=True)
+    return _create_videomambapro("videomambapro_middle_image", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_test(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_test", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_test(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_test", pretrained, **kwargs)
-
-
-@register_model
-def videomambapro_demo(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_demo", pretrained, **kwargs)
-
-
-@register_model
-def videomamba_demo(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_demo", pretrained, **kwargs)
+    model_args = _args("test")
+    return _create_videomambapro("videomambapro_test", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomambapro_test_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomambapro_test_image", pretrained, **kwargs)
+    model_args = _args("test", image=True)
+    return _create_videomambapro("videomambapro_test_image", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomambapro_demo(pretrained=False, **kwargs):
+    model_args = _args("demo")
+    return _create_videomambapro("videomambapro_demo", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_tiny(pretrained=False, **kwargs):
+    model_args = _args("tiny", **VIDEOMAMBA_OPTIONS)
+    return _create_videomambapro("videomamba_tiny", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_tiny_image(pretrained=False, **kwargs):
+    model_args = _args("tiny", **VIDEOMAMBA_OPTIONS, image=True)
+    return _create_videomambapro("videomamba_tiny_image", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_small(pretrained=False, **kwargs):
+    model_args = _args("small", **VIDEOMAMBA_OPTIONS)
+    return _create_videomambapro("videomamba_small", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_small_image(pretrained=False, **kwargs):
+    model_args = _args("small", **VIDEOMAMBA_OPTIONS, image=True)
+    return _create_videomambapro("videomamba_small_image", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_middle(pretrained=False, **kwargs):
+    model_args = _args("middle", **VIDEOMAMBA_OPTIONS)
+    return _create_videomambapro("videomamba_middle", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_middle_image(pretrained=False, **kwargs):
+    model_args = _args("middle", **VIDEOMAMBA_OPTIONS, image=True)
+    return _create_videomambapro("videomamba_middle_image", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_test(pretrained=False, **kwargs):
+    model_args = _args("test", **VIDEOMAMBA_OPTIONS)
+    return _create_videomambapro("videomamba_test", pretrained, model_args, **kwargs)
 
 
 @register_model
 def videomamba_test_image(pretrained=False, **kwargs):
-    return _create_videomambapro("videomamba_test_image", pretrained, **kwargs)
+    model_args = _args("test", **VIDEOMAMBA_OPTIONS, image=True)
+    return _create_videomambapro("videomamba_test_image", pretrained, model_args, **kwargs)
+
+
+@register_model
+def videomamba_demo(pretrained=False, **kwargs):
+    model_args = _args("demo", **VIDEOMAMBA_OPTIONS)
+    return _create_videomambapro("videomamba_demo", pretrained, model_args, **kwargs)

@@ -24,23 +24,11 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from ._baseline_common import (
-    VIT_WEIGHTS,
-    BaselineMixin,
-    fill_from_model,
-    prepare_state_dict,
-    reject_pro_options,
-    run_blocks,
-    shared_surgery,
-    small_input_defaults,
-    with_defaults,
-)
-from .checkpoint import resize_temporal_embedding
-from .videomambapro import PatchEmbed, _cfg
-from .videomambapro import checkpoint_filter_fn as _shared_filter
+from ._common import VIT_WEIGHTS, BaselineMixin, PatchEmbed, _cfg, build_baseline, linear_dpr, size_args, small_cfgs
+from .checkpoint import fill_from_model, prepare_state_dict, resize_temporal_embedding, video_surgery
 
 __all__ = ["ViViT", "checkpoint_filter_fn", "VIVIT_SIZES"]
 
@@ -58,14 +46,13 @@ class ViViT(BaselineMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=400, embed_dim=768, depth=12,
                  temporal_depth=4, num_heads=12, mlp_ratio=4.0, qkv_bias=True, num_frames=32, tubelet_size=2,
                  drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, fc_drop_rate=0.0, use_checkpoint=False,
-                 checkpoint_num=0, norm_eps=1e-6):
+                 checkpoint_num=0, norm_eps=1e-6, scan_backend=None):
         super().__init__()
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet_size={tubelet_size}")
-        self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
+        self._init_interface(num_classes, embed_dim, use_checkpoint, checkpoint_num, scan_backend)
         self.depth, self.temporal_depth = depth, temporal_depth
         self.num_frames, self.tubelet_size = num_frames, tubelet_size
-        self.use_checkpoint, self.checkpoint_num = use_checkpoint, checkpoint_num
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, tubelet_size)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -74,7 +61,7 @@ class ViViT(BaselineMixin, nn.Module):
         self.temporal_pos_embed = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         total = depth + temporal_depth
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        dpr = linear_dpr(drop_path_rate, total)
         norm = partial(nn.LayerNorm, eps=norm_eps)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
@@ -82,9 +69,7 @@ class ViViT(BaselineMixin, nn.Module):
             for i in range(total)
         ])
         self.spatial_norm = norm(embed_dim)
-        self.norm = norm(embed_dim)
-        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(embed_dim, num_classes, fc_drop_rate, norm_eps)
         self.init_weights()
 
     @torch.no_grad()
@@ -112,7 +97,7 @@ class ViViT(BaselineMixin, nn.Module):
         x = rearrange(x, "b d t h w -> (b t) (h w) d")
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1).to(x.dtype)
         x = self.pos_drop(torch.cat([cls, x + self.pos_embed[:, 1:]], dim=1))
-        x = run_blocks(self, self.spatial_blocks, x)
+        x = self._run_blocks(self.spatial_blocks, x)
         return rearrange(self.spatial_norm(x)[:, 0], "(b t) d -> b t d", b=B)
 
     def forward_features(self, x):
@@ -120,7 +105,7 @@ class ViViT(BaselineMixin, nn.Module):
         x = self.forward_spatial(x)
         cls = self.temporal_cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
         x = self.pos_drop(torch.cat([cls, x + self.temporal_pos_embed], dim=1))
-        x = run_blocks(self, self.temporal_blocks, x, offset=self.depth)
+        x = self._run_blocks(self.temporal_blocks, x, offset=self.depth)
         return self.norm(x)
 
 
@@ -150,7 +135,7 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
     if temb is not None and temb.shape[1] != t_new:
         state_dict["temporal_pos_embed"] = resize_temporal_embedding(temb, t_new)
         note(f"resized temporal_pos_embed {temb.shape[1]} -> {t_new} (linear)")
-    out = shared_surgery(_shared_filter, state_dict, model, report, orig_t_size=orig_t_size, log=log, inflate=inflate)
+    out = video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
     if is_image:
         temporal = tuple(f"blocks.{i}." for i in range(model.depth, len(model.blocks)))
         fill_from_model(out, model, lambda k: k.startswith(temporal) or k.startswith("norm.")
@@ -164,40 +149,43 @@ def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=
 default_cfgs = generate_default_cfgs({
     **{f"vivit_{s}.augreg_in21k_ft_in1k": _cfg(hf_hub_id=f"timm/{v}.augreg_in21k_ft_in1k", num_classes=1000)
        for s, v in VIT_WEIGHTS.items()},
-    **{f"vivit_{s}": _cfg(num_classes=4, input_size=(3, img, img)) for s, (img, _) in small_input_defaults().items()},
+    **small_cfgs("vivit"),
 })
 
 
-def _create_vivit(variant, pretrained=False, **kwargs):
-    reject_pro_options(variant, kwargs)
-    size = variant.split("_")[1]
-    embed_dim, depth, temporal_depth, heads = VIVIT_SIZES[size]
-    defaults = dict(embed_dim=embed_dim, depth=depth, temporal_depth=temporal_depth, num_heads=heads)
-    defaults.update(small_input_defaults(size))
-    kwargs = with_defaults(kwargs, defaults)
-    return build_model_with_cfg(ViViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+def _create_vivit(variant, pretrained=False, model_args=None, **kwargs):
+    return build_baseline(ViViT, variant, pretrained, model_args, checkpoint_filter_fn, **kwargs)
+
+
+def _args(size):
+    return size_args(VIVIT_SIZES, ("embed_dim", "depth", "temporal_depth", "num_heads"), size)
 
 
 @register_model
 def vivit_tiny(pretrained=False, **kwargs):
-    return _create_vivit("vivit_tiny", pretrained, **kwargs)
+    model_args = _args("tiny")
+    return _create_vivit("vivit_tiny", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_small(pretrained=False, **kwargs):
-    return _create_vivit("vivit_small", pretrained, **kwargs)
+    model_args = _args("small")
+    return _create_vivit("vivit_small", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_base(pretrained=False, **kwargs):
-    return _create_vivit("vivit_base", pretrained, **kwargs)
+    model_args = _args("base")
+    return _create_vivit("vivit_base", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_demo(pretrained=False, **kwargs):
-    return _create_vivit("vivit_demo", pretrained, **kwargs)
+    model_args = _args("demo")
+    return _create_vivit("vivit_demo", pretrained, model_args, **kwargs)
 
 
 @register_model
 def vivit_test(pretrained=False, **kwargs):
-    return _create_vivit("vivit_test", pretrained, **kwargs)
+    model_args = _args("test")
+    return _create_vivit("vivit_test", pretrained, model_args, **kwargs)

@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SIZES = {"tiny": (192, 24), "small": (384, 24), "middle": (576, 32), "demo": (96, 6), "test": (32, 2)}
+from models._common import MODEL_SIZES as SIZES  # noqa: E402  (VideoMamba's sizes: name -> (embed_dim, depth))
 
 
 def count(size, frames, img, num_classes=400, tubelet=1, patch=16, d_state=16, d_conv=4, expand=2, pro=True):

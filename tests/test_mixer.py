@@ -178,3 +178,27 @@ def test_recompute_modes_keep_values_and_gradients_and_keep_less(dtype, kw):
     m.recompute = "most"
     with pytest.raises(ValueError, match="recompute"):
         m(X)
+
+
+def test_mixer_backend_is_its_own(monkeypatch):
+    """``BiMamba(scan_backend=...)``: the scan runs on the mixer's backend whatever the global switch says (here
+    'reference'); None follows the switch; an unknown name fails at build time."""
+    from mamba.ops import backend as backend_mod
+    from mamba.ops import selective_scan as ss
+
+    seen = []
+    real = backend_mod.resolve_backend
+
+    def spy(device_type, requested=None):
+        name = real(device_type, requested)
+        seen.append(name)
+        return name
+
+    monkeypatch.setattr(ss, "resolve_backend", spy)
+    x = torch.randn(1, 7, 16, dtype=torch.float64)
+    ref = _mixer()(x)
+    torch.testing.assert_close(_mixer(scan_backend="torch")(x), ref)
+    assert seen == ["reference", "torch"]
+    assert _mixer(scan_backend="torch").scan_backend == "torch" and _mixer().scan_backend is None
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        BiMamba(16, scan_backend="fastest")

@@ -196,3 +196,72 @@ def test_distill_wrapper():
     with pytest.raises(ValueError, match="tokens"):
         build_distill_wrapper(timm.create_model("videomambapro_test", num_frames=4),
                               timm.create_model("videomambapro_test", num_frames=4, tubelet_size=2))(_clip(1, 4))
+
+
+def test_models_package_has_no_import_cycle():
+    """Every import between the files of models/ (module level or inside a function) goes one way."""
+    import ast
+    import os
+
+    root = os.path.dirname(models.__file__)
+    mods = {f[:-3] for f in os.listdir(root) if f.endswith(".py") and f != "__init__.py"}
+    graph = {}
+    for m in mods:
+        deps = set()
+        for node in ast.walk(ast.parse(open(os.path.join(root, m + ".py")).read())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("models."):
+                deps.add(node.module.split(".")[1])
+        graph[m] = deps & mods - {m}
+
+    def reaches(a, b, seen=()):
+        return any(d == b or (d not in seen and reaches(d, b, (*seen, d))) for d in graph[a])
+
+    assert not [m for m in mods if reaches(m, m)], graph
+
+
+def test_scan_backend_is_chosen_per_model(monkeypatch):
+    """``create_model(..., scan_backend=...)``: stored as ``model.scan_backend`` and followed by every block's scan,
+    whatever the global switch says (here 'reference'); None follows the switch; every registered model takes the
+    kwarg, and an unknown name fails at build time."""
+    from mamba.ops import selective_scan as ss
+    from mamba.ops.backend import resolve_backend
+
+    seen = []
+    monkeypatch.setattr(ss, "resolve_backend", lambda dev, req=None: seen.append(resolve_backend(dev, req)) or seen[-1])
+    torch.manual_seed(0)
+    m = timm.create_model("videomambapro_test", num_classes=3, scan_backend="torch")
+    assert m.scan_backend == "torch" and m.resolved_scan_backend("cpu") == "torch"
+    assert {layer.mixer.scan_backend for layer in m.layers} == {"torch"}
+    ref = timm.create_model("videomambapro_test", num_classes=3)
+    assert ref.scan_backend is None and ref.resolved_scan_backend("cpu") == "reference"
+    ref.load_state_dict(m.state_dict())
+    x = _clip()
+    got = m(x)
+    assert seen == ["torch"] * len(m.layers)
+    torch.testing.assert_close(got, ref(x))
+    assert seen[len(m.layers):] == ["reference"] * len(m.layers)
+    for name in models.registered_models("*_test"):
+        assert timm.create_model(name, scan_backend="torch").scan_backend == "torch", name
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        timm.create_model("videomambapro_test", scan_backend="fastest")
+
+
+@pytest.mark.parametrize("name", ["videomambapro_test", "timesformer_test", "vivit_test", "videomambaout_test"])
+def test_group_matcher_gives_timm_layer_decay_our_scales(name):
+    """timm.optim.param_groups_layer_decay (the model's group_matcher) and utils.optim give every parameter the
+    same lr scale; the forward_features / forward_head(pre_logits) pair of timm is on every model."""
+    from timm.optim import param_groups_layer_decay as timm_groups
+
+    from utils.optim import param_groups_layer_decay
+
+    m = timm.create_model(name, num_classes=3)
+    ours = {n: g["lr_scale"] for g in param_groups_layer_decay(m, 0.05, 0.75) for n in g["param_names"]}
+    names = {id(p): n for n, p in m.named_parameters()}
+    theirs = {names[id(p)]: g["lr_scale"] for g in timm_groups(m, 0.05, layer_decay=0.75) for p in g["params"]}
+    assert theirs == pytest.approx(ours) and len(set(ours.values())) == m.get_num_layers() + 2
+    x = _clip()
+    feats = m.forward_features(x)
+    torch.testing.assert_close(m.forward_head(feats), m(x))
+    assert m.forward_head(feats, pre_logits=True).shape == (2, m.num_features)

@@ -1,8 +1,10 @@
 """Optimizer parameter groups: no weight decay for 1-D/bias/embedding params, layer-wise lr decay.
 
-Layer ids (``layer_decay_mode='block'``, ours): cls_token / pos_embed / temporal_pos_embedding / patch_embed -> 0;
+Layer ids (``layer_decay_mode='block'``): cls_token / pos_embed / temporal_pos_embedding / patch_embed -> 0;
 ``layers.{i}`` -> i + 1; everything else (norm_f, head, ...) -> num_layers + 1. Group lr scale =
-decay ** (num_layers + 1 - id).
+decay ** (num_layers + 1 - id). A model with timm's ``group_matcher`` (every model in models/) gets its ids from
+it through ``timm.models.group_parameters`` (the grouping ``timm.optim.param_groups_layer_decay`` uses, so both
+give the same scales); ``get_layer_id`` (the same rule on names, wrapper prefixes allowed) serves any other model.
 
 ``layer_decay_mode='videomamba'`` reproduces what VideoMamba's video fine-tuning effectively does: its per-block
 branch is commented out upstream, so only ``patch_embed.*``, ``cls_token``, ``pos_embed`` (and ``mask_token``)
@@ -18,6 +20,7 @@ import re
 
 import torch
 import torch.nn as nn
+from timm.models import group_parameters
 
 NO_WD_NAMES = ("pos_embed", "cls_token", "temporal_pos_embedding")
 _EMBED_PREFIXES = ("cls_token", "pos_embed", "temporal_pos_embedding", "patch_embed", "dist_token", "mask_token")
@@ -39,6 +42,18 @@ def get_layer_id(name: str, num_layers: int, mode: str = "block") -> int:
     if m:
         return int(m.group(1)) + 1
     return num_layers + 1
+
+
+def layer_ids(model: nn.Module, num_layers: int, mode: str = "block") -> dict:
+    """``{parameter name: layer id}``: from the model's ``group_matcher`` (timm's ordinal grouping: stem 0, block
+    i at i + 1, the rest last) when it has one and ``num_layers`` is its own count, else ``get_layer_id``; the
+    ``videomamba`` mode is always our own rule (VideoMamba's quirk, see the module docstring)."""
+    names = [n for n, _ in model.named_parameters()]
+    matcher = getattr(model, "group_matcher", None)
+    own = getattr(model, "get_num_layers", None)
+    if mode == "block" and callable(matcher) and callable(own) and own() == num_layers:
+        return group_parameters(model, matcher(coarse=False), reverse=True)
+    return {n: get_layer_id(n, num_layers, mode) for n in names}
 
 
 def _model_no_weight_decay(model: nn.Module) -> set:
@@ -68,12 +83,13 @@ def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay:
     skip = set(skip_list) | _model_no_weight_decay(model)
     if decay_ssm:
         skip = {n for n in skip if n.split(".")[-1] not in SSM_DECAY_NAMES}
+    ids = layer_ids(model, num_layers, mode) if layer_decay < 1.0 else {}
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_wd = skip_weight_decay(name, p, skip, decay_ssm)
-        lid = get_layer_id(name, num_layers, mode) if layer_decay < 1.0 else 0
+        lid = ids[name] if layer_decay < 1.0 else 0
         scale = layer_decay ** (num_layers + 1 - lid) if layer_decay < 1.0 else 1.0
         key = f"layer_{lid}_{'no_decay' if no_wd else 'decay'}"
         if key not in groups:

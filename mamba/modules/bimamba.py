@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops.backend import resolve_backend
+from ..ops.backend import resolve_backend, scan_backend_scope, validate_backend
 from ..ops.causal_conv1d import causal_conv1d_fn
 from ..ops.selective_scan import bi_selective_scan_fn
 
@@ -50,6 +50,9 @@ class BiMamba(nn.Module):
         mask_drops_D: the mask also removes the ``D * u`` skip term (ablation).
         gate: multiply by ``SiLU(z)`` (True in Mamba/VideoMamba).
         divide_out: halve the direction sum (Vim's ``if_devide_out``; VideoMamba does not).
+        scan_backend: this mixer's scan backend (``mamba.ops.backend.BACKENDS``), followed by its scan, its causal
+            conv and the fused-node choice; None follows the global switch (``set_scan_backend`` /
+            ``VMP_SCAN_BACKEND``) at each call. Stored as ``self.scan_backend``.
 
     ``recompute`` (attribute, one of ``RECOMPUTE``; default ``"none"``): what the backward recomputes instead of
     keeping; values and gradients are the same whatever it is.
@@ -60,7 +63,7 @@ class BiMamba(nn.Module):
         self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=1e-3, dt_max=1e-1,
         dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
         bwd_mask=True, residual_start="both", mask_drops_D=False, gate=True, divide_out=False,
-        device=None, dtype=None,
+        scan_backend=None, device=None, dtype=None,
     ):
         super().__init__()
         if residual_start not in RESIDUAL_START:
@@ -68,6 +71,7 @@ class BiMamba(nn.Module):
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
         fk = dict(device=device, dtype=dtype)
+        self.scan_backend = validate_backend(scan_backend)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
@@ -124,7 +128,8 @@ class BiMamba(nn.Module):
 
     def _direction(self, x, conv, x_proj, dt_proj, reverse):
         """x: (b, E, l) -> u, delta (b, E, l), B, C (b, N, l) for one direction, natural order."""
-        u = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse)
+        u = causal_conv1d_fn(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse,
+                             backend=self.scan_backend)
         dbc = x_proj(u.transpose(1, 2))  # (b, l, R + 2N)
         dt, B, C = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is applied in the scan (delta_bias)
@@ -148,7 +153,7 @@ class BiMamba(nn.Module):
         and x_proj outputs, ``all`` only the input; ``none`` keeps every intermediate for the backward)."""
         if self.recompute == "none" and torch.is_grad_enabled():
             return False
-        return resolve_backend(device_type) == "triton"
+        return resolve_backend(device_type, self.scan_backend) == "triton"
 
     def _mix(self, hidden_states):
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2E, l)
@@ -173,20 +178,22 @@ class BiMamba(nn.Module):
         u_b, delta_b, B_b, C_b = self._direction(x, self.conv1d_b, self.x_proj_b, self.dt_proj_b, reverse=True)
         A_f = -torch.exp(self.A_log.float())
         A_b = -torch.exp(self.A_b_log.float())
-        y = bi_selective_scan_fn(
-            (u_f, u_b), (delta_f, delta_b), (A_f, A_b), (B_f, B_b), (C_f, C_b),
-            (self.D.float(), self.D_b.float()),
-            z=z if self.gate else None,
-            delta_bias=(self.dt_proj.bias.float(), self.dt_proj_b.bias.float()),
-            delta_softplus=True,
-            residual=RESIDUAL_START[self.residual_start],
-            masked=(False, self.bwd_mask),
-            mask_drops_D=self.mask_drops_D,
-            average=self.divide_out,
-        )
+        with scan_backend_scope(self.scan_backend):  # the scan op takes this mixer's backend from the scope
+            y = bi_selective_scan_fn(
+                (u_f, u_b), (delta_f, delta_b), (A_f, A_b), (B_f, B_b), (C_f, C_b),
+                (self.D.float(), self.D_b.float()),
+                z=z if self.gate else None,
+                delta_bias=(self.dt_proj.bias.float(), self.dt_proj_b.bias.float()),
+                delta_softplus=True,
+                residual=RESIDUAL_START[self.residual_start],
+                masked=(False, self.bwd_mask),
+                mask_drops_D=self.mask_drops_D,
+                average=self.divide_out,
+            )
         return self.out_proj(y.transpose(1, 2).to(out_dtype))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "
                 f"bwd_mask={self.bwd_mask}, residual_start={self.residual_start!r}, "
-                f"mask_drops_D={self.mask_drops_D}, gate={self.gate}, divide_out={self.divide_out}")
+                f"mask_drops_D={self.mask_drops_D}, gate={self.gate}, divide_out={self.divide_out}"
+                + (f", scan_backend={self.scan_backend!r}" if self.scan_backend is not None else ""))

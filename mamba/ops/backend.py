@@ -3,6 +3,11 @@
 ``VMP_SCAN_BACKEND=auto|reference|torch|cuda|triton`` is read once, on first use; ``set_scan_backend``
 overrides it at run time. ``auto`` picks the fastest exact backend available for the tensor's device:
 cuda (mamba-ssm) > triton > torch on a GPU, torch on the CPU. The resolved choice is logged once.
+
+A model can hold its own choice (``BiMamba(scan_backend=...)``, ``create_model(..., scan_backend=...)``): the ops
+take it as ``requested`` (``resolve_backend(device_type, requested)``), and ``scan_backend_scope(name)`` makes it
+the request of every op called inside the ``with`` block that is not given one (the mixer wraps its scan call in
+it). ``requested=None`` outside any scope is the global switch, as before.
 """
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import importlib.util
 import logging
 import os
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 _logger = logging.getLogger(__name__)
 
@@ -23,6 +30,7 @@ INSTALL_HINTS = {
 
 _requested: str | None = None
 _logged: set[str] = set()
+_scope: ContextVar[str | None] = ContextVar("vmp_scan_backend_scope", default=None)
 
 
 def _validate(name: str) -> str:
@@ -38,6 +46,39 @@ def set_scan_backend(name: str | None) -> None:
     _requested = None if name is None else _validate(name)
     if _requested is not None and _requested != "auto":
         check_backend_available(_requested)
+
+
+def validate_backend(name: str | None) -> str | None:
+    """A model's ``scan_backend`` kwarg: None (follow the global switch) or a known name, checked available now
+    (as ``set_scan_backend``) so that a forced backend that cannot run fails at build time."""
+    if name is None:
+        return None
+    name = _validate(name)
+    if name != "auto":
+        check_backend_available(name)
+    return name
+
+
+@contextmanager
+def scan_backend_scope(name: str | None):
+    """Within the block, ops called without a ``requested`` backend use ``name`` (None: no change)."""
+    if name is None:
+        yield
+        return
+    token = _scope.set(_validate(name))
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def requested_backend(requested: str | None = None) -> str:
+    """The requested name (possibly ``auto``): ``requested``, else the innermost ``scan_backend_scope``, else the
+    global switch (``set_scan_backend`` / ``VMP_SCAN_BACKEND``)."""
+    if requested is not None:
+        return _validate(requested)
+    scoped = _scope.get()
+    return scoped if scoped is not None else get_scan_backend()
 
 
 def get_scan_backend() -> str:
@@ -76,9 +117,10 @@ def _triton_runs_on(device_type: str) -> bool:
     return device_type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(device_type: str) -> str:
-    """The concrete backend used for tensors on ``device_type`` ('cpu' or 'cuda')."""
-    name = get_scan_backend()
+def resolve_backend(device_type: str, requested: str | None = None) -> str:
+    """The concrete backend used for tensors on ``device_type`` ('cpu' or 'cuda'); ``requested``: a model's own
+    choice (None: the scope / global switch, see ``requested_backend``)."""
+    asked = name = requested_backend(requested)
     if name == "auto":
         if device_type == "cuda" and cuda_kernels_available():
             name = "cuda"
@@ -98,5 +140,5 @@ def resolve_backend(device_type: str) -> str:
     key = f"{name}@{device_type}"
     if key not in _logged:
         _logged.add(key)
-        _logger.info("selective scan backend: %s (requested %s, device %s)", name, get_scan_backend(), device_type)
+        _logger.info("selective scan backend: %s (requested %s, device %s)", name, asked, device_type)
     return name

@@ -10,12 +10,16 @@
 flipping ``x``: the anti-causal conv with the kernel flipped. The backward direction of the bimamba
 mixer uses it so that released VideoMamba ``conv1d_b`` weights keep their meaning.
 
-The compiled ``causal_conv1d`` package is used when it is importable and ``x`` is on CUDA (the
-reverse case flips in and out there); otherwise pure PyTorch (``F.conv1d`` with ``groups=d``).
+The compiled ``causal_conv1d`` package is used when it is importable, ``x`` is on CUDA and the scan backend
+(``backend``, else the scope / global switch of :mod:`mamba.ops.backend`) is ``auto``, ``cuda`` or ``triton``
+(the reverse case flips in and out there); otherwise pure PyTorch (``F.conv1d`` with ``groups=d``): the
+``reference`` and ``torch`` backends never run the compiled kernel.
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
+
+from .backend import requested_backend
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_ref"]
 
@@ -58,10 +62,19 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, reverse=False):
     return F.silu(out) if activation is not None else out
 
 
-def causal_conv1d_fn(x, weight, bias=None, activation=None, reverse=False):
-    """Depthwise causal conv; see the module docstring. Dispatches to the compiled kernel on CUDA."""
+# scan backends under which the compiled kernel is never used (the exact PyTorch paths)
+_TORCH_ONLY = ("reference", "torch")
+
+
+def _on_cuda(x) -> bool:
+    return x.is_cuda
+
+
+def causal_conv1d_fn(x, weight, bias=None, activation=None, reverse=False, backend=None):
+    """Depthwise causal conv; see the module docstring. Dispatches to the compiled kernel on CUDA unless the scan
+    backend (``backend``: a model's choice; None: the scope / global switch) is ``reference`` or ``torch``."""
     _check(x, weight, bias, activation)
-    fn = _get_cuda_fn() if x.is_cuda else None
+    fn = _get_cuda_fn() if _on_cuda(x) and requested_backend(backend) not in _TORCH_ONLY else None
     if fn is None:
         return causal_conv1d_ref(x, weight, bias, activation, reverse)
     act = "silu" if activation is not None else None

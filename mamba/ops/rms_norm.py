@@ -9,7 +9,10 @@ Math in float32 (float64 for float64 input); ``out`` has x's dtype. With ``preno
 where r is float32 when ``residual_in_fp32`` (else x's dtype): the Add -> Norm of a pre-norm block, keeping the
 residual stream in full precision. With the triton backend (``resolve_backend(device) == "triton"``, as the scan
 and the fused mixer) it runs on the Triton kernels of :mod:`mamba.ops.rms_norm_triton` (one launch each way),
-else as the torch autograd node below.
+else as the torch autograd node below; ``backend`` is a model's own scan backend (None: the scope / global switch).
+
+``RMSNorm`` is ``torch.nn.RMSNorm`` with mamba_ssm's default eps (1e-5): the parameter holder of the fused
+add + norm (``rms_norm_fn(x, norm.weight, norm.eps, ...)``) and a plain norm where nothing is added.
 """
 from __future__ import annotations
 
@@ -47,14 +50,14 @@ class _AddRMSNorm(torch.autograd.Function):
         return dr.to(ctx.dtypes[0]), dres, dweight, None, None
 
 
-def _triton_norm(x) -> bool:
+def _triton_norm(x, backend=None) -> bool:
     """The Triton kernels with the triton backend (the whole block on Triton: see mamba.ops.backend), else torch."""
     from .backend import resolve_backend
 
-    return resolve_backend(x.device.type) == "triton"
+    return resolve_backend(x.device.type, backend) == "triton"
 
 
-def rms_norm_fn(x, weight, eps=1e-5, residual=None, prenorm=False, residual_in_fp32=True):
+def rms_norm_fn(x, weight, eps=1e-5, residual=None, prenorm=False, residual_in_fp32=True, backend=None):
     if weight.shape != x.shape[-1:]:
         raise ValueError(f"weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
     dtype = x.dtype
@@ -62,7 +65,7 @@ def rms_norm_fn(x, weight, eps=1e-5, residual=None, prenorm=False, residual_in_f
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
     fn = _AddRMSNorm
-    if _triton_norm(x):
+    if _triton_norm(x, backend):
         from .rms_norm_triton import AddRMSNormTriton as fn
     out, r = fn.apply(x, residual, weight, eps, ct)
     if not prenorm:
@@ -70,16 +73,9 @@ def rms_norm_fn(x, weight, eps=1e-5, residual=None, prenorm=False, residual_in_f
     return out, (r if residual_in_fp32 else r.to(dtype))
 
 
-class RMSNorm(nn.Module):
-    """``RMSNorm(dim, eps=1e-5)`` with a single parameter ``weight`` (initialised to ones)."""
+class RMSNorm(nn.RMSNorm):
+    """``torch.nn.RMSNorm(dim, eps=1e-5)``: one parameter ``weight`` (ones); torch's default eps would be the
+    dtype's machine epsilon, mamba_ssm's (and VideoMamba's) is 1e-5."""
 
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
-
-    def forward(self, x, residual=None, prenorm=False, residual_in_fp32=True):
-        return rms_norm_fn(x, self.weight, self.eps, residual, prenorm, residual_in_fp32)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
+        super().__init__(dim, eps=eps, device=device, dtype=dtype)

@@ -107,3 +107,66 @@ def test_compiled_kernel_path_flips_for_reverse(monkeypatch):
     monkeypatch.undo()
     assert calls == ["silu"]
     torch.testing.assert_close(out, cc.causal_conv1d_ref(x, w, b, "silu", reverse=True))
+
+
+@pytest.fixture
+def fake_package(monkeypatch):
+    """A fake compiled ``causal_conv1d`` package (computing with the torch path) that records its calls, on
+    tensors the dispatch takes for CUDA ones (the device check mocked: no GPU needed)."""
+    import sys
+    import types
+
+    from mamba.ops import backend
+
+    calls = []
+    mod = types.ModuleType("causal_conv1d")
+
+    def fake_fn(x, weight, bias=None, activation=None):
+        calls.append(activation)
+        return cc.causal_conv1d_ref(x, weight, bias, activation)
+
+    mod.causal_conv1d_fn = fake_fn
+    monkeypatch.setitem(sys.modules, "causal_conv1d", mod)
+    monkeypatch.setattr(cc, "_cuda_checked", False)
+    monkeypatch.setattr(cc, "_cuda_fn", None)
+    monkeypatch.setattr(cc, "_on_cuda", lambda x: True)
+    monkeypatch.delenv("VMP_SCAN_BACKEND", raising=False)
+    monkeypatch.setattr(backend, "check_backend_available", lambda name: None)  # 'cuda' / 'triton' forced here
+    yield calls
+    backend.set_scan_backend(None)
+
+
+@pytest.mark.parametrize("name,compiled", [("reference", False), ("torch", False), ("auto", True), ("cuda", True),
+                                           ("triton", True)])
+def test_compiled_kernel_follows_the_scan_backend(fake_package, name, compiled):
+    """The compiled package runs under auto / cuda / triton only; reference and torch keep the PyTorch conv even
+    when it is installed, whether the backend comes from the call, a scope or the global switch."""
+    from mamba.ops.backend import scan_backend_scope, set_scan_backend
+
+    x, w, b = torch.randn(2, 3, 7), torch.randn(3, 4), torch.randn(3)
+    want = cc.causal_conv1d_ref(x, w, b, "silu")
+    torch.testing.assert_close(causal_conv1d_fn(x, w, b, "silu", backend=name), want)
+    with scan_backend_scope(name):
+        torch.testing.assert_close(causal_conv1d_fn(x, w, b, "silu"), want)
+    set_scan_backend(name)
+    torch.testing.assert_close(causal_conv1d_fn(x, w, b, "silu"), want)
+    assert fake_package == (["silu"] * 3 if compiled else [])
+    # a model's own choice wins over the global switch
+    fake_package.clear()
+    set_scan_backend("torch" if compiled else "auto")
+    causal_conv1d_fn(x, w, b, "silu", backend=name)
+    assert fake_package == (["silu"] if compiled else [])
+
+
+def test_mixer_conv_follows_the_mixer_backend(fake_package):
+    """BiMamba(scan_backend='reference') never calls the compiled conv, though the global switch says auto."""
+    from mamba.modules import BiMamba
+
+    m = BiMamba(8, d_state=4, scan_backend="reference").double()
+    assert m.scan_backend == "reference"
+    x = torch.randn(1, 6, 8, dtype=torch.float64)
+    u_f = m._direction(x.transpose(1, 2).repeat(1, 2, 1), m.conv1d, m.x_proj, m.dt_proj, reverse=False)[0]
+    assert fake_package == [] and u_f.shape == (1, 16, 6)
+    m.scan_backend = None  # follows the global switch (auto): the compiled conv
+    m._direction(x.transpose(1, 2).repeat(1, 2, 1), m.conv1d, m.x_proj, m.dt_proj, reverse=False)
+    assert fake_package == ["silu"]

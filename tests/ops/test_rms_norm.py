@@ -74,3 +74,25 @@ def test_add_norm_saves_only_its_input_and_rstd_and_matches_eager_autograd():
     (ref.float().square().sum() + rr.sum()).backward()
     for g, t in zip(got, (x, r, w)):
         torch.testing.assert_close(g, t.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_module_is_torch_rmsnorm_with_mamba_eps(dtype):
+    """``RMSNorm`` is ``torch.nn.RMSNorm`` (eps 1e-5, one ``weight``): values and gradients equal to the
+    ``rms_norm_fn`` node's, in the input's dtype."""
+    torch.manual_seed(3)
+    m = RMSNorm(8, dtype=dtype)
+    assert isinstance(m, torch.nn.RMSNorm) and m.eps == 1e-5 and list(m.state_dict()) == ["weight"]
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(8))
+    x = (3 * torch.randn(2, 5, 8)).to(dtype).requires_grad_()
+    out = m(x)
+    ref = rms_norm_fn(x, m.weight, m.eps)
+    assert out.dtype == ref.dtype == dtype
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, m.weight], g)
+    want = torch.autograd.grad(ref, [x, m.weight], g)
+    tol = dict(atol=1e-2, rtol=1e-2) if dtype == torch.bfloat16 else {}
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol)
