@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
 def merge_dir(pred_dir: str, num_files: int = 0) -> int:
     """Merge the per-rank prediction files of ``pred_dir`` (upstream's or ours) and print the result."""
-    from engines.finetune import merge
+    from engines.evaluate import merge
 
     if num_files < 1:
         while os.path.isfile(os.path.join(pred_dir, f"{num_files}.txt")):
