@@ -1,7 +1,7 @@
 """Evaluation: evaluate (single view), final_test (multi-view prediction files), merge (softmax-average the views
 of each video), and the multi-view test of a run across ranks (``final_test_and_merge``).
 
-Batches follow the datasets contract: val (clip, label, id, ok), test (clip, label, id, chunk_nb, split_nb, ok).
+Batches are read by name (utils.batch.Batch: clips, targets, ids, ok; chunk and split for the test).
 Every model call goes through ``engines.backends.cast_input`` (device and dtype follow the model). Unreadable
 videos are reported by name and counted as misses, the same way for validation and the multi-view test
 (``report_unreadable``).
@@ -19,6 +19,7 @@ import torch
 from timm.utils import accuracy
 
 from utils import distributed as dist_utils
+from utils.batch import as_batch
 from utils.checkpoint_io import to_plain
 from utils.distributed import all_gather_object, all_reduce_sum, is_main_process
 from utils.logger import MetricLogger, append_json_log
@@ -35,12 +36,6 @@ def _correct(output: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
 
 def _logits(output):
     return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _to_list(x):
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    return list(x)
 
 
 def report_unreadable(what: str, names, top1: float, top1_readable: float, log=print) -> None:
@@ -69,11 +64,10 @@ def evaluate(data_loader, model, autocast=None, header: str = "Val:", print_freq
     totals = torch.zeros(5, dtype=torch.float64)  # n_readable, loss_sum, correct1, correct5, n_unreadable
     bad_ids: list[str] = []
     for batch in metric_logger.log_every(data_loader, print_freq, header):
-        images, target = batch[0], batch[1]
-        ok = torch.as_tensor(batch[3], dtype=torch.bool) if len(batch) >= 4 else torch.ones(len(target), dtype=torch.bool)
+        batch = as_batch(batch, "val")
+        images, target, ok = batch.clips, batch.targets, batch.readable()
         if not ok.all():
-            ids = _to_list(batch[2])
-            bad_ids.extend(str(ids[i]) for i in range(len(ids)) if not bool(ok[i]))
+            bad_ids.extend(str(batch.ids[i]) for i in range(len(batch.ids)) if not bool(ok[i]))
         totals[4] += float((~ok).sum().item())
         if not ok.any():
             continue
@@ -119,13 +113,12 @@ def final_test(data_loader, model, file: str, autocast=None, print_freq: int = 1
     tmp, tmp_bad = f"{file}.{os.getpid()}.tmp", f"{file}.bad.{os.getpid()}.tmp"  # unique per run and rank
     with open(tmp, "w") as f, open(tmp_bad, "w") as fbad:
         for batch in metric_logger.log_every(data_loader, print_freq, "Test:"):
-            images, target, ids, chunk_nb, split_nb = batch[:5]
-            ok = torch.as_tensor(batch[5], dtype=torch.bool) if len(batch) >= 6 else torch.ones(len(target),
-                                                                                              dtype=torch.bool)
-            ids, chunk_nb, split_nb, labels = _to_list(ids), _to_list(chunk_nb), _to_list(split_nb), _to_list(target)
+            batch = as_batch(batch, "test")
+            ok, ids, chunk_nb, split_nb = batch.readable(), batch.ids, batch.chunk, batch.split
+            labels = batch.targets.tolist() if isinstance(batch.targets, torch.Tensor) else list(batch.targets)
             if ok.any():
                 with autocast() if autocast is not None else contextlib.nullcontext():
-                    out = model(cast_input(images[ok], model))
+                    out = model(cast_input(batch.clips[ok], model))
                 out = _logits(out).float().cpu()
             j = 0
             for i in range(len(ids)):

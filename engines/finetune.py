@@ -1,9 +1,8 @@
 """Fine-tuning: train_one_epoch, and the epoch loop of a run around it (``fit``: train, save, validate, log,
 then the multi-view test), so that masked pretraining can reuse the loop with its own step.
 
-Training batches follow the datasets contract (clip, label, index, bad); ImageNet batches are (img, label).
-``bad`` is, per item, the unreadable files that item replaced, newline-joined ('' when none). Training caps the
-number of distinct unreadable files of the run (all workers and ranks) at --max_bad_samples.
+Batches are read by name (utils.batch.Batch: clips, targets, bad_files). Training caps the number of distinct
+unreadable files of the run (all workers and ranks) at --max_bad_samples.
 Every model call goes through ``engines.backends.cast_input`` (device and dtype follow the model).
 """
 from __future__ import annotations
@@ -17,6 +16,7 @@ import time
 import torch
 
 from utils import distributed as dist_utils
+from utils.batch import as_batch
 from utils.checkpoint_io import load_checkpoint
 from utils.distributed import all_gather_object, all_reduce_sum, get_rank, is_main_process
 from utils.errors import TooManyBadSamplesError
@@ -32,20 +32,6 @@ from .resume import ResumeState, check_resume_iter, client_state
 
 class NonFiniteLossError(RuntimeError):
     """Raised on every rank when any rank saw a non-finite loss (after the state was saved)."""
-
-
-def bad_files_of(batch) -> list[str]:
-    """The unreadable files named in a train batch's 4th element (per-item newline-joined strings)."""
-    if len(batch) < 4:
-        return []
-    field = batch[3]
-    if isinstance(field, str):
-        field = [field]
-    out = []
-    for item in field:
-        if isinstance(item, str) and item:
-            out.extend(p for p in item.split("\n") if p)
-    return out
 
 
 class BadFileTracker:
@@ -114,14 +100,14 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     data_iter = iter(data_loader)
     for data_iter_step in metric_logger.log_every(range(start_iter, n_iters), print_freq, f"Epoch: [{epoch}]",
                                                   total=n_iters, first=start_iter):
-        batch = next(data_iter)
+        batch = as_batch(next(data_iter), "train")
         seed_everything(seed_for(args.seed, epoch, rank, STEP, data_iter_step))
-        local_bad = set(bad_files_of(batch)) - bad_files.files
+        local_bad = set(batch.bad_files) - bad_files.files
         it = start_steps + data_iter_step // update_freq
         if data_iter_step % update_freq == 0:
             _set_lr_wd(backend.optimizer, lr_schedule, wd_schedule, it)
-        samples = batch[0].to(device, non_blocking=True)
-        targets = batch[1].to(device, non_blocking=True)
+        samples = batch.clips.to(device, non_blocking=True)
+        targets = batch.targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
         with backend.autocast():

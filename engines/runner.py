@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from utils import distributed as dist_utils
+from utils.batch import BatchCollate
 from utils.checkpoint_io import CheckpointSaveError, to_plain
 from utils.config import dump_args_yaml
 from utils.errors import DataError, clean_message
@@ -76,7 +77,7 @@ def build_loaders(args, wiring: Wiring, log=print):
         else:
             sampler = DistributedSampler(ds_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                          drop_last=True)
-        collate = wiring.collate_multi if (args.num_sample > 1 and wiring.collate_multi is not None) else None
+        collate = BatchCollate("train", wiring.collate_multi if args.num_sample > 1 else None)
         gen = torch.Generator()
         gen.manual_seed(seed_for(args.seed, 0, rank))
         # items seeded by (seed, epoch, rank, position) and a sampler that can start mid-epoch: a preempted run
@@ -94,18 +95,20 @@ def build_loaders(args, wiring: Wiring, log=print):
             sampler = ShardSampler(len(ds_val), rank, world) if args.dist_eval else None
             loaders["val"] = DataLoader(ds_val, sampler=sampler, batch_size=int(1.5 * args.batch_size) or 1,
                                         num_workers=args.num_workers, pin_memory=args.pin_mem, drop_last=False,
+                                        collate_fn=BatchCollate("val"),
                                         worker_init_fn=ignore_stop_signals if args.num_workers > 0 else None)
     if wiring.has_test and (args.eval or args.test_at_end):
         ds_test, nbc = wiring.build_dataset(False, True, args)
         nb_classes = nb_classes or nbc
         loaders["test"] = DataLoader(ds_test, sampler=ShardSampler(len(ds_test), rank, world),
                                      batch_size=args.batch_size, num_workers=args.num_workers,
-                                     pin_memory=args.pin_mem, drop_last=False)
+                                     pin_memory=args.pin_mem, drop_last=False, collate_fn=BatchCollate("test"))
     elif args.eval:
         ds_val, nbc = wiring.build_dataset(False, False, args)
         nb_classes = nb_classes or nbc
         loaders["val"] = DataLoader(ds_val, sampler=ShardSampler(len(ds_val), rank, world),
-                                    batch_size=args.batch_size, num_workers=args.num_workers, drop_last=False)
+                                    batch_size=args.batch_size, num_workers=args.num_workers, drop_last=False,
+                                    collate_fn=BatchCollate("val"))
     return loaders, nb_classes
 
 
