@@ -84,19 +84,13 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     if num_training_steps_per_epoch is None:
         num_training_steps_per_epoch = len(data_loader) // update_freq
     n_iters = num_training_steps_per_epoch * update_freq
-    metric_logger = MetricLogger(delimiter="  ")
-    metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    metric_logger.add_meter("min_lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     if bad_files is None:
         bad_files = BadFileTracker(getattr(args, "max_bad_samples", 10))
     backend.optimizer.zero_grad(set_to_none=True)
-    if start_iter % update_freq:
-        raise ValueError(f"start_iter {start_iter} is not an optimizer-step boundary (update_freq {update_freq})")
-    if start_iter and hasattr(data_loader.sampler, "start_at"):
-        data_loader.sampler.start_at(start_iter * data_loader.batch_size)
+    _start_at(data_loader, start_iter, update_freq)
     rank = get_rank()
     stop_requested, stopped_at = False, None
-    n_new_bad = _restore_meters(metric_logger, start_meters, rank)
+    metric_logger, n_new_bad = _meters(start_meters, rank)
     data_iter = iter(data_loader)
     for data_iter_step in metric_logger.log_every(range(start_iter, n_iters), print_freq, f"Epoch: [{epoch}]",
                                                   total=n_iters, first=start_iter):
@@ -147,15 +141,25 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     return stats
 
 
-def _restore_meters(metric_logger, start_meters, rank: int) -> int:
-    """The interrupted part of this epoch: this rank's own sums, added to in the same order. Returns the count of
-    new unreadable files already met."""
+def _start_at(data_loader, start_iter: int, update_freq: int) -> None:
+    if start_iter % update_freq:
+        raise ValueError(f"start_iter {start_iter} is not an optimizer-step boundary (update_freq {update_freq})")
+    if start_iter and hasattr(data_loader.sampler, "start_at"):
+        data_loader.sampler.start_at(start_iter * data_loader.batch_size)
+
+
+def _meters(start_meters, rank: int):
+    """The epoch's meters, with the interrupted part of this epoch (``start_meters``: this rank's own sums, added
+    to in the same order) restored. Returns (metric logger, new unreadable files already met this epoch)."""
+    metric_logger = MetricLogger(delimiter="  ")
+    metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    metric_logger.add_meter("min_lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     if not start_meters:
-        return 0
+        return metric_logger, 0
     mine = start_meters["ranks"][rank]
     for name in start_meters["ranks"][0]:  # every rank creates the meters in one order (for the all-reduce)
         metric_logger.meters[name].count, metric_logger.meters[name].total = mine.get(name, (0, 0.0))
-    return int(start_meters.get("n_new_bad_files", 0))
+    return metric_logger, int(start_meters.get("n_new_bad_files", 0))
 
 
 def _set_lr_wd(optimizer, lr_schedule, wd_schedule, it: int) -> None:
