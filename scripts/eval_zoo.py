@@ -99,6 +99,7 @@ def main(argv=None) -> int:
         args = parse_with_config(rcf.get_args_parser(), flags)
         convention = sampling_convention(args, test_mode=True)
         print(f"[eval_zoo] {name}: sampling convention {convention}", flush=True)
+        rcf.log_scan_backend(args)
         res = run(args, rcf.wiring())
         results.append((name, res, convention))
     print("\n| tag | published top-1 | measured top-1 | difference | videos | sampling |")
