@@ -12,10 +12,20 @@ import argparse
 
 import torch
 
+from mamba.modules.bimamba import RESIDUAL_START
+from mamba.ops.backend import BACKENDS as SCAN_BACKENDS
 from utils.config import parse_with_config
+from utils.distributed import read_launch_env
+from utils.flag_checks import check_flags
+from utils.model_factory import (  # noqa: F401  (DEFAULT_MIXER_RECOMPUTE: the default scripts/ compare against)
+    DEFAULT_MIXER_RECOMPUTE,
+    build_model,
+    check_args,
+    load_weights,
+    model_kwargs,
+    pro_flags,
+)
 
-RESIDUAL_START = ("none", "forward", "backward", "both")
-SCAN_BACKENDS = ("auto", "reference", "torch", "cuda", "triton")
 DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "IMNET", "video", "rawframe",
              # VideoMamba's names (video_sm/run_class_finetuning.py), meaning kept: see datasets.build
              "Kinetics", "Kinetics_sparse", "mitv1_sparse", "COIN", "Breakfast", "LVU")
@@ -60,6 +70,7 @@ IGNORED_UPSTREAM_FLAGS = (
     ("deepscale", False, "deprecated DeepSpeed alias"),
     ("deepscale_config", None, "deprecated DeepSpeed alias"),
     ("deepspeed_mpi", False, "MPI discovery is not used"),
+    ("imagenet_default_mean_and_std", True, "ImageNet mean/std normalisation is always used"),
 )
 
 
@@ -151,7 +162,7 @@ def resolve_args(args, parser=None, log=_log_once) -> None:
 def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data_set_default="Kinetics-400"):
     p = RecipeArgumentParser(description=description, add_help=True, formatter_class=_GroupedHelp,
                              usage="%(prog)s [--config FILE] [flags, grouped below]")
-    p.resolvers.append(resolve_args)
+    p.resolvers += [resolve_args, check_flags]
     p.add_argument("--config", default=None, help="YAML file of flag defaults (command-line flags win)")
 
     g = p.add_argument_group("run")
@@ -185,7 +196,7 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g = p.add_argument_group("VideoMambaPro options (default None = the registered model's default)")
     g.add_argument("--bwd_mask", dest="bwd_mask", action="store_true", default=None)
     g.add_argument("--no_bwd_mask", dest="bwd_mask", action="store_false")
-    g.add_argument("--residual_start", choices=RESIDUAL_START, default=None)
+    g.add_argument("--residual_start", choices=tuple(RESIDUAL_START), default=None)
     g.add_argument("--mask_drops_D", action="store_true", default=None)
     g.add_argument("--no_gate", action="store_true", default=None)
     g.add_argument("--divide_out", action="store_true", default=None)
@@ -215,8 +226,6 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--flip", dest="flip", action="store_true", default=None,
                    help="horizontal flip in training (default: on, off for SSV2)")
     g.add_argument("--no_flip", dest="flip", action="store_false")
-    g.add_argument("--imagenet_default_mean_and_std", action="store_true", default=True,
-                   help="accepted; ImageNet mean/std are always used")
     g.add_argument("--use_cls", action="store_false", dest="use_mean_pooling", help=argparse.SUPPRESS)
     for dest, default, why in IGNORED_UPSTREAM_FLAGS:
         if isinstance(default, bool):
@@ -338,117 +347,32 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     return p
 
 
-PRO_OPTIONS = ("bwd_mask", "residual_start", "mask_drops_D", "divide_out")
+def log_scan_backend(args, log=print) -> str:
+    """Set the selective-scan backend of the run (--scan_backend, else VMP_SCAN_BACKEND, else auto) and write its
+    one line at the start of the run's log (rank 0): the backend the run's device gets, then the requested name,
+    e.g. "scan backend: triton (auto)". Returns the line."""
+    from mamba.ops.backend import get_scan_backend, resolve_backend, set_scan_backend
 
-
-def model_kwargs(args) -> dict:
-    """create_model kwargs; VideoMambaPro options only when given (None = registered default)."""
-    nb_classes = args.nb_classes
-    if nb_classes is None:  # the lists were not read (a dry run without data): the dataset's fixed count
-        from datasets.build import resolve_nb_classes
-
-        nb_classes = resolve_nb_classes(args)
-        if nb_classes is None:
-            raise ValueError(f"--data_set {args.data_set} has no fixed class count and its lists were not read: "
-                             "pass --nb_classes")
-    kw = dict(num_classes=nb_classes, num_frames=args.num_frames, img_size=args.input_size,
-              tubelet_size=args.tubelet_size, drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate,
-              use_checkpoint=args.use_checkpoint, checkpoint_num=args.checkpoint_num)
-    if getattr(args, "init", None) not in (None, "default"):
-        kw["init_mode"] = args.init
-    for k in PRO_OPTIONS:
-        if getattr(args, k) is not None:
-            kw[k] = getattr(args, k)
-    if args.no_gate:
-        kw["gate"] = False
-    return kw
-
-
-def build_model(args, meta: bool = False):
-    import timm
-
-    import models  # registers the architectures in timm
-
-    kw = model_kwargs(args)
-    args._model_cfg = dict(kw, model=args.model)
-    if args.model not in models.registered_models():
-        raise SystemExit(f"error: --model {args.model} is not one of ours (registered by models/: "
-                         f"{', '.join(models.registered_models())})")
     try:
-        if meta:
-            with torch.device("meta"):
-                model = timm.create_model(args.model, pretrained=False, **kw)
-        else:
-            model = timm.create_model(args.model, pretrained=False, **kw)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise SystemExit(f"error: --model {args.model}: {e}") from e
-        raise
-    if hasattr(model, "set_mixer_recompute"):
-        mode = args.mixer_recompute or DEFAULT_MIXER_RECOMPUTE
-        model.set_mixer_recompute(mode)
-        print(f"mixer recompute: {mode}{'' if args.mixer_recompute else ' (default)'}")
-    options = getattr(model, "options", None)
-    if isinstance(options, dict):  # the resolved VideoMambaPro options, stored in checkpoints as model_cfg
-        args._model_cfg.update(options)
-        print(f"model options: {options}")
-    return model
-
-
-PATCH_SIZE = 16  # every registered video / image model embeds 16 x 16 patches
-DEFAULT_MIXER_RECOMPUTE = "inner"  # --mixer_recompute when not given (scripts/profile_block.py: Ti 3,444 B/token/block)
-
-
-def check_args(args) -> list:
-    """The model name and the input size, checked before any data is read (the engine's size checks run too)."""
-    import difflib
-
-    import models
-
-    names = models.registered_models()
-    if args.model not in names:
-        close = difflib.get_close_matches(args.model, names, n=5, cutoff=0.5)
-        hint = f"closest: {', '.join(close)}" if close else f"see models/ ({len(names)} registered)"
-        return [f"--model {args.model} is not a registered model; {hint}"]
-    if args.input_size and args.input_size % PATCH_SIZE:
-        return [f"--input_size {args.input_size}: must be a multiple of the patch size {PATCH_SIZE}"]
-    if getattr(args, "mixer_recompute", None):
-        import timm
-
-        with torch.device("meta"):
-            net = timm.create_model(args.model, pretrained=False)
-        if not hasattr(net, "set_mixer_recompute"):
-            return [f"--mixer_recompute {args.mixer_recompute}: --model {args.model} has no Mamba mixer (it applies "
-                    f"to the videomamba / videomambapro models)"]
-    return []
+        if args.scan_backend:
+            set_scan_backend(args.scan_backend)
+        line = f"scan backend: {resolve_backend(torch.device(args.device).type)} ({get_scan_backend()})"
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: --scan_backend {args.scan_backend or get_scan_backend()}: {e}") from None
+    if read_launch_env()["rank"] == 0:
+        log(line)
+    return line
 
 
 def wiring():
+    """What the engine builds a run from: the data and model builders, the --finetune loader, the checks."""
+    from datasets import build_dataset, build_mixup_fn, multiple_samples_collate
+    from engines.resume import ARCH_KEYS
     from engines.runner import Wiring
 
-    def _build_dataset(is_train, test_mode, args):
-        from datasets import build_dataset
-
-        return build_dataset(is_train=is_train, test_mode=test_mode, args=args)
-
-    def _mixup(args, num_classes):
-        from datasets import build_mixup_fn
-
-        return build_mixup_fn(args, num_classes)
-
-    def _load_pretrained(model, path, **kw):
-        from models.checkpoint import load_pretrained
-        from models.zoo import resolve_weights
-
-        return load_pretrained(model, resolve_weights(path, log=kw.get("log", print)), **kw)
-
-    def _collate(batch):
-        from datasets import multiple_samples_collate
-
-        return multiple_samples_collate(batch)
-
-    return Wiring(build_model=build_model, build_dataset=_build_dataset, build_mixup_fn=_mixup,
-                  load_pretrained=_load_pretrained, collate_multi=_collate, has_test=True, check_args=check_args)
+    return Wiring(build_model=build_model, build_dataset=build_dataset, build_mixup_fn=build_mixup_fn,
+                  load_pretrained=load_weights, collate_multi=multiple_samples_collate, has_test=True,
+                  check_args=check_args, arch_keys=ARCH_KEYS + pro_flags())
 
 
 def main(argv=None):
@@ -456,6 +380,7 @@ def main(argv=None):
     args = parse_with_config(parser, argv)
     from engines.runner import run
 
+    log_scan_backend(args)
     return run(args, wiring())
 
 

@@ -151,6 +151,7 @@ def run_finetuning(flags: list, crop_scale: float = 0.08) -> dict:
     from utils.config import parse_with_config
 
     args = parse_with_config(run_class_finetuning.get_args_parser(), flags)
+    run_class_finetuning.log_scan_backend(args)
     return run(args, demo_wiring(crop_scale))
 
 

@@ -11,10 +11,9 @@ Evaluation is single-view on the val split.
 """
 from __future__ import annotations
 
-import argparse
-
 import run_class_finetuning as ft
 from utils.config import parse_with_config
+from utils.model_factory import build_image_model
 
 
 def get_args_parser():
@@ -37,31 +36,11 @@ def get_args_parser():
     return p
 
 
-def build_model(args, meta: bool = False):
-    if not args.model.endswith("_image"):
-        raise SystemExit(f"error: --model {args.model}: pre-training expects an image model (*_image)")
-    student = ft.build_model(args, meta=meta)
-    if not args.teacher_model:
-        if args.teacher_ckpt:
-            raise SystemExit("error: --teacher_ckpt given without --teacher_model")
-        return student
-    from models.distill import build_distill_wrapper
-
-    targs = argparse.Namespace(**vars(args))
-    targs.model, targs.drop_path = args.teacher_model, 0.0
-    teacher = ft.build_model(targs, meta=meta)
-    if not args.teacher_ckpt and not meta:
-        print("warning: --teacher_model without --teacher_ckpt distils from random weights")
-    return build_distill_wrapper(student, teacher, loss_weight=args.distill_weight,
-                                 teacher_checkpoint=None if meta else args.teacher_ckpt,
-                                 trust_checkpoint=args.trust_checkpoint, style=args.distill_style)
-
-
 def wiring():
     from engines.pretrain import repeat_aug_sampler
 
     w = ft.wiring()
-    w.build_model = build_model
+    w.build_model = build_image_model
     w.train_sampler = repeat_aug_sampler
     w.has_test = False
     return w
@@ -75,6 +54,7 @@ def main(argv=None):
     from engines.runner import run
 
     print(describe_distillation(args))
+    ft.log_scan_backend(args)
     return run(args, wiring())
 
 

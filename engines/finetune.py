@@ -1,51 +1,37 @@
-"""Fine-tuning loops: train_one_epoch, evaluate (single view), final_test (multi-view files) and merge.
+"""Fine-tuning: train_one_epoch, and the epoch loop of a run around it (``fit``: train, save, validate, log,
+then the multi-view test), so that masked pretraining can reuse the loop with its own step.
 
-Batches follow the datasets contract: train (clip, label, index, bad), val (clip, label, id, ok),
-test (clip, label, id, chunk_nb, split_nb, ok); ImageNet batches are (img, label). ``bad`` is, per item,
-the unreadable files that item replaced, newline-joined ('' when none).
-
+Batches are read by name (utils.batch.Batch: clips, targets, bad_files). Training caps the number of distinct
+unreadable files of the run (all workers and ranks) at --max_bad_samples.
 Every model call goes through ``engines.backends.cast_input`` (device and dtype follow the model).
-Unreadable items: training caps the number of distinct unreadable files of the run (all workers and
-ranks) at --max_bad_samples; validation and the multi-view test report unreadable videos by name and
-count them as misses, the same way (``report_unreadable``).
 """
 from __future__ import annotations
 
-import contextlib
-import json
+import datetime
 import math
 import os
-import re
 import sys
-from collections import defaultdict
+import time
 
-import numpy as np
 import torch
 
+from utils import distributed as dist_utils
+from utils.batch import as_batch
+from utils.checkpoint_io import load_checkpoint
 from utils.distributed import all_gather_object, all_reduce_sum, get_rank, is_main_process
 from utils.errors import TooManyBadSamplesError
-from utils.logger import MetricLogger, SmoothedValue
-from utils.seeding import STEP, seed_everything, seed_for
+from utils.logger import MetricLogger, SmoothedValue, append_json_log, drop_epochs_from, update_summary
+from utils.schedules import cosine_scheduler
+from utils.seeding import STEP, seed_epoch, seed_everything, seed_for
 
 from .backends import cast_input
+from .evaluate import evaluate, final_test_and_merge
+from .preemption import PREEMPTED_EXIT, PreemptionGuard
+from .resume import ResumeState, check_resume_iter, client_state
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised on every rank when any rank saw a non-finite loss (after the state was saved)."""
-
-
-def bad_files_of(batch) -> list[str]:
-    """The unreadable files named in a train batch's 4th element (per-item newline-joined strings)."""
-    if len(batch) < 4:
-        return []
-    field = batch[3]
-    if isinstance(field, str):
-        field = [field]
-    out = []
-    for item in field:
-        if isinstance(item, str) and item:
-            out.extend(p for p in item.split("\n") if p)
-    return out
 
 
 class BadFileTracker:
@@ -74,29 +60,10 @@ class BadFileTracker:
         return len(new)
 
 
-def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[int]:
-    """Number of items whose label is among the top-k predictions (k capped at the number of classes)."""
-    maxk = min(max(topk), output.shape[1])
-    pred = output.topk(maxk, 1, True, True)[1]
-    hit = pred.eq(target.reshape(-1, 1))
-    return [int(hit[:, : min(k, maxk)].any(1).sum().item()) for k in topk]
-
-
-def _logits(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _to_list(x):
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    return list(x)
-
-
 def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedule, wd_schedule=None,
                     start_steps: int = 0, num_training_steps_per_epoch: int | None = None, mixup_fn=None,
                     model_ema=None, log_writer=None, on_nonfinite=None, bad_files: BadFileTracker | None = None,
-                    print_freq: int = 10, max_steps: int | None = None, start_iter: int = 0,
-                    guard=None, start_meters: dict | None = None) -> dict:
+                    print_freq: int = 10, start_iter: int = 0, guard=None, start_meters: dict | None = None) -> dict:
     """One epoch; lr/wd set per optimizer step from the schedules (index = global optimizer step).
 
     ``start_iter``: the micro-step to start at (a run resumed mid-epoch; the loader's sampler skips the samples
@@ -117,43 +84,24 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     if num_training_steps_per_epoch is None:
         num_training_steps_per_epoch = len(data_loader) // update_freq
     n_iters = num_training_steps_per_epoch * update_freq
-    if max_steps is not None:
-        n_iters = min(n_iters, max_steps * update_freq)
-    metric_logger = MetricLogger(delimiter="  ")
-    metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    metric_logger.add_meter("min_lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    header = f"Epoch: [{epoch}]"
     if bad_files is None:
         bad_files = BadFileTracker(getattr(args, "max_bad_samples", 10))
     backend.optimizer.zero_grad(set_to_none=True)
-    if start_iter % update_freq:
-        raise ValueError(f"start_iter {start_iter} is not an optimizer-step boundary (update_freq {update_freq})")
-    if start_iter and hasattr(data_loader.sampler, "start_at"):
-        data_loader.sampler.start_at(start_iter * data_loader.batch_size)
+    _start_at(data_loader, start_iter, update_freq)
     rank = get_rank()
     stop_requested, stopped_at = False, None
-    n_new_bad = 0
-    if start_meters:  # the interrupted part of this epoch: this rank's own sums, added to in the same order
-        mine = start_meters["ranks"][rank]
-        for name in start_meters["ranks"][0]:  # every rank creates the meters in one order (for the all-reduce)
-            metric_logger.meters[name].count, metric_logger.meters[name].total = mine.get(name, (0, 0.0))
-        n_new_bad = int(start_meters.get("n_new_bad_files", 0))
+    metric_logger, n_new_bad = _meters(start_meters, rank)
     data_iter = iter(data_loader)
-    for data_iter_step in metric_logger.log_every(range(start_iter, n_iters), print_freq, header, total=n_iters,
-                                                  first=start_iter):
-        batch = next(data_iter)
+    for data_iter_step in metric_logger.log_every(range(start_iter, n_iters), print_freq, f"Epoch: [{epoch}]",
+                                                  total=n_iters, first=start_iter):
+        batch = as_batch(next(data_iter), "train")
         seed_everything(seed_for(args.seed, epoch, rank, STEP, data_iter_step))
-        samples, targets = batch[0], batch[1]
-        local_bad = set(bad_files_of(batch)) - bad_files.files
-        step = data_iter_step // update_freq
-        it = start_steps + step
+        local_bad = set(batch.bad_files) - bad_files.files
+        it = start_steps + data_iter_step // update_freq
         if data_iter_step % update_freq == 0:
-            for group in backend.optimizer.param_groups:
-                group["lr"] = float(lr_schedule[it]) * group.get("lr_scale", 1.0)
-                if wd_schedule is not None and group["weight_decay"] > 0:
-                    group["weight_decay"] = float(wd_schedule[it])
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+            _set_lr_wd(backend.optimizer, lr_schedule, wd_schedule, it)
+        samples = batch.clips.to(device, non_blocking=True)
+        targets = batch.targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
         with backend.autocast():
@@ -165,44 +113,19 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
             if aux is not None:
                 loss = loss + aux.float()
         loss_value = float(loss.item())
-        # one all-reduce per step (a CPU tensor: gloo carries it beside NCCL): any rank non-finite stops all
-        # ranks; when any rank met new unreadable files, the names are gathered and the run's cap checked.
-        stop_here = 1.0 if guard is not None and guard.requested else 0.0
-        flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(len(local_bad)),
-                                             stop_here], dtype=torch.float64), name="train step flags")
-        stop_requested = stop_requested or flags[2].item() > 0
-        if flags[1].item() > 0:
-            n_new_bad += bad_files.update(local_bad, epoch)
-        if flags[0].item() > 0:
-            msg = (f"non-finite loss ({loss_value} on rank {get_rank()}) at epoch {epoch}, step {data_iter_step} "
-                   f"(optimizer step {it}); stopping all ranks")
-            if on_nonfinite is not None:
-                on_nonfinite(epoch, data_iter_step)
-            sys.stderr.write(msg + "\n")
-            sys.stderr.flush()
-            raise NonFiniteLossError(msg)
+        stop, new_bad = _agree(loss_value, local_bad, guard, bad_files, epoch, data_iter_step, it, on_nonfinite)
+        stop_requested = stop_requested or stop
+        n_new_bad += new_bad
         update = (data_iter_step + 1) % update_freq == 0
         grad_norm = backend.backward_step(loss, update)
         if update and model_ema is not None:
             model_ema.update(backend.model_without_ddp)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        lrs = [g["lr"] for g in backend.optimizer.param_groups]
-        wd = max((g["weight_decay"] for g in backend.optimizer.param_groups), default=0.0)
-        metric_logger.update(loss=loss_value, lr=max(lrs), min_lr=min(lrs), weight_decay=wd)
-        if grad_norm is not None:
-            metric_logger.update(grad_norm=grad_norm)
-        if mixup_fn is None and targets.ndim == 1:
-            metric_logger.update(class_acc=(output.argmax(-1) == targets).float().mean().item())
-        scale = backend.loss_scale()
-        if scale is not None:
-            metric_logger.update(loss_scale=scale)
-        if log_writer is not None and update:
-            log_writer.update(head="loss", step=it, loss=loss_value)
-            log_writer.update(head="opt", step=it, lr=max(lrs), min_lr=min(lrs), weight_decay=wd,
-                              grad_norm=grad_norm, loss_scale=scale)
+        _log_step(metric_logger, log_writer, backend, loss_value, grad_norm, it, update,
+                  output if mixup_fn is None and targets.ndim == 1 else None, targets)
         if stop_requested and update and data_iter_step + 1 < n_iters:
-            stopped_at = data_iter_step + 1  # every rank agreed at the same step (the all-reduce above)
+            stopped_at = data_iter_step + 1  # every rank agreed at the same step (the all-reduce in _agree)
             break
     if stopped_at is not None:
         local = {k: [m.count, m.total] for k, m in metric_logger.meters.items()}
@@ -213,207 +136,243 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
     stats = {k: m.global_avg for k, m in metric_logger.meters.items()}
     stats["n_new_bad_files"] = n_new_bad
     if stopped_at is not None:
-        stats.update(stopped_at=stopped_at, meters=stopped_meters, stop_signal=getattr(guard, "name", "") or "a signal on another rank")
+        stats.update(stopped_at=stopped_at, meters=stopped_meters,
+                     stop_signal=getattr(guard, "name", "") or "a signal on another rank")
     return stats
 
 
-def report_unreadable(what: str, names, top1: float, top1_readable: float, log=print) -> None:
-    """The one report of unreadable evaluation videos (validation and multi-view test alike)."""
-    names = sorted(names)
-    if not names:
-        return
-    log(f"{what}: {len(names)} videos could not be read and count as misses: {', '.join(names[:20])}"
-        f"{' ...' if len(names) > 20 else ''} (top-1 {top1:.3f} over all, {top1_readable:.3f} over readable "
-        f"videos only)")
+def _start_at(data_loader, start_iter: int, update_freq: int) -> None:
+    if start_iter % update_freq:
+        raise ValueError(f"start_iter {start_iter} is not an optimizer-step boundary (update_freq {update_freq})")
+    if start_iter and hasattr(data_loader.sampler, "start_at"):
+        data_loader.sampler.start_at(start_iter * data_loader.batch_size)
 
 
-@torch.no_grad()
-def evaluate(data_loader, model, autocast=None, header: str = "Val:", print_freq: int = 10,
-             distributed: bool = True, log=print) -> dict:
-    """Single-view evaluation: loss, top-1, top-5.
-
-    Unreadable items (ok=False, which the datasets return only with --skip_bad_test) count as misses and are
-    reported by name, as in the multi-view test; ``acc1_readable`` is top-1 over the readable ones, ``loss``
-    is over readable items. ``distributed``: the loader holds this rank's shard and totals are summed over
-    ranks; False: every rank evaluated the whole set and nothing is summed (the count stays the list length).
-    """
-    criterion = torch.nn.CrossEntropyLoss(reduction="sum")
+def _meters(start_meters, rank: int):
+    """The epoch's meters, with the interrupted part of this epoch (``start_meters``: this rank's own sums, added
+    to in the same order) restored. Returns (metric logger, new unreadable files already met this epoch)."""
     metric_logger = MetricLogger(delimiter="  ")
-    model.eval()
-    totals = torch.zeros(5, dtype=torch.float64)  # n_readable, loss_sum, correct1, correct5, n_unreadable
-    bad_ids: list[str] = []
-    for batch in metric_logger.log_every(data_loader, print_freq, header):
-        images, target = batch[0], batch[1]
-        ok = torch.as_tensor(batch[3], dtype=torch.bool) if len(batch) >= 4 else torch.ones(len(target), dtype=torch.bool)
-        if not ok.all():
-            ids = _to_list(batch[2])
-            bad_ids.extend(str(ids[i]) for i in range(len(ids)) if not bool(ok[i]))
-        totals[4] += float((~ok).sum().item())
-        if not ok.any():
-            continue
-        images = cast_input(images[ok], model)
-        target = target[ok].to(images.device, non_blocking=True)
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            output = model(images)
-        output = _logits(output).float()
-        c1, c5 = correct_topk(output, target, topk=(1, 5))
-        n = target.shape[0]
-        totals[0] += n
-        totals[1] += float(criterion(output, target).item())
-        totals[2] += c1
-        totals[3] += c5
-        metric_logger.update(acc1=100.0 * c1 / n, acc5=100.0 * c5 / n)
-    if distributed:
-        all_reduce_sum(totals, name=f"{header} totals")
-        if totals[4].item() > 0:
-            bad_ids = [i for ids in all_gather_object(bad_ids, name=f"{header} unreadable ids") for i in ids]
-    n_read, n_bad = totals[0].item(), totals[4].item()
-    n_all = max(n_read + n_bad, 1.0)
-    stats = {"loss": totals[1].item() / max(n_read, 1.0), "acc1": 100.0 * totals[2].item() / n_all,
-             "acc5": 100.0 * totals[3].item() / n_all, "n": int(n_read + n_bad), "n_unreadable": int(n_bad),
-             "acc1_readable": 100.0 * totals[2].item() / max(n_read, 1.0)}
-    print(f"* {header} Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.4f} "
-          f"on {stats['n']} items")
-    if is_main_process():
-        report_unreadable(header.rstrip(":"), bad_ids, stats["acc1"], stats["acc1_readable"], log)
-    return stats
+    metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    metric_logger.add_meter("min_lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    if not start_meters:
+        return metric_logger, 0
+    mine = start_meters["ranks"][rank]
+    for name in start_meters["ranks"][0]:  # every rank creates the meters in one order (for the all-reduce)
+        metric_logger.meters[name].count, metric_logger.meters[name].total = mine.get(name, (0, 0.0))
+    return metric_logger, int(start_meters.get("n_new_bad_files", 0))
 
 
-@torch.no_grad()
-def final_test(data_loader, model, file: str, autocast=None, print_freq: int = 10) -> dict:
-    """Multi-view test: writes ``id [logits] label chunk split`` lines (one per view) to ``file``.
-
-    Unreadable views (ok=False) go to ``file`` + '.bad' as ``id label chunk split`` lines so the merge
-    can report them by name and count them.
-    """
-    model.eval()
-    metric_logger = MetricLogger(delimiter="  ")
-    os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-    n_views = n_bad = 0
-    tmp, tmp_bad = f"{file}.{os.getpid()}.tmp", f"{file}.bad.{os.getpid()}.tmp"  # unique per run and rank
-    with open(tmp, "w") as f, open(tmp_bad, "w") as fbad:
-        for batch in metric_logger.log_every(data_loader, print_freq, "Test:"):
-            images, target, ids, chunk_nb, split_nb = batch[:5]
-            ok = torch.as_tensor(batch[5], dtype=torch.bool) if len(batch) >= 6 else torch.ones(len(target),
-                                                                                              dtype=torch.bool)
-            ids, chunk_nb, split_nb, labels = _to_list(ids), _to_list(chunk_nb), _to_list(split_nb), _to_list(target)
-            if ok.any():
-                with autocast() if autocast is not None else contextlib.nullcontext():
-                    out = model(cast_input(images[ok], model))
-                out = _logits(out).float().cpu()
-            j = 0
-            for i in range(len(ids)):
-                if bool(ok[i]):
-                    f.write(f"{ids[i]} {json.dumps(out[j].tolist())} {int(labels[i])} {int(chunk_nb[i])} "
-                            f"{int(split_nb[i])}\n")
-                    j += 1
-                    n_views += 1
-                else:
-                    fbad.write(f"{ids[i]} {int(labels[i])} {int(chunk_nb[i])} {int(split_nb[i])}\n")
-                    n_bad += 1
-    os.replace(tmp, file)
-    os.replace(tmp_bad, file + ".bad")
-    return {"n_views": n_views, "n_bad_views": n_bad}
+def _set_lr_wd(optimizer, lr_schedule, wd_schedule, it: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = float(lr_schedule[it]) * group.get("lr_scale", 1.0)
+        if wd_schedule is not None and group["weight_decay"] > 0:
+            group["weight_decay"] = float(wd_schedule[it])
 
 
-# The accuracy line upstream's final_test writes before its per-view lines: "{acc1}, {acc5}" of the last batch
-# (timm's accuracy: 0-d tensors, e.g. "tensor(75., device='cuda:0'), tensor(100., device='cuda:0')", or numbers).
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
-_UPSTREAM_HEADER = re.compile(rf"\s*(?:tensor\([^()\[\]]*\)|{_NUM})\s*,\s*(?:tensor\([^()\[\]]*\)|{_NUM})\s*")
+def _agree(loss_value, local_bad, guard, bad_files, epoch, data_iter_step, it, on_nonfinite) -> tuple[bool, int]:
+    """One all-reduce per step (a CPU tensor: gloo carries it beside NCCL): any rank non-finite stops all ranks;
+    when any rank met new unreadable files, the names are gathered and the run's cap checked. Returns (a stop
+    signal was seen on some rank, new unreadable files)."""
+    stop_here = 1.0 if guard is not None and guard.requested else 0.0
+    flags = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, float(len(local_bad)),
+                                         stop_here], dtype=torch.float64), name="train step flags")
+    n_new = bad_files.update(local_bad, epoch) if flags[1].item() > 0 else 0
+    if flags[0].item() > 0:
+        msg = (f"non-finite loss ({loss_value} on rank {get_rank()}) at epoch {epoch}, step {data_iter_step} "
+               f"(optimizer step {it}); stopping all ranks")
+        if on_nonfinite is not None:
+            on_nonfinite(epoch, data_iter_step)
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+        raise NonFiniteLossError(msg)
+    return flags[2].item() > 0, n_new
 
 
-def _parse_pred_line(line: str, path: str, lineno: int):
-    """``id [logits] label chunk split``, as ours and upstream's final_test write it: the id is everything before
-    the '[' (upstream keys a video by its file stem, ours by its list path; either is read as written)."""
-    try:
-        lb, rb = line.index("["), line.index("]")
-        vid = line[:lb].strip()
-        inner = line[lb + 1: rb].strip()
-        logits = np.asarray([float(x) for x in inner.split(",")] if inner else [], dtype=np.float64)
-        label, chunk, split = line[rb + 1:].split()
-        if not vid or logits.size == 0:
-            raise ValueError("no id or no logits")
-        return vid, logits, int(label), int(chunk), int(split)
-    except ValueError as e:
-        raise ValueError(f"{path}:{lineno}: malformed prediction line {line.strip()!r} "
-                         f"(expected 'id [logits] label chunk split')") from e
+def _log_step(metric_logger, log_writer, backend, loss_value, grad_norm, it, update, output, targets) -> None:
+    """The step's meters (``output`` only when hard labels give a class accuracy) and TensorBoard scalars."""
+    lrs = [g["lr"] for g in backend.optimizer.param_groups]
+    wd = max((g["weight_decay"] for g in backend.optimizer.param_groups), default=0.0)
+    metric_logger.update(loss=loss_value, lr=max(lrs), min_lr=min(lrs), weight_decay=wd)
+    if grad_norm is not None:
+        metric_logger.update(grad_norm=grad_norm)
+    if output is not None:
+        metric_logger.update(class_acc=(output.argmax(-1) == targets).float().mean().item())
+    scale = backend.loss_scale()
+    if scale is not None:
+        metric_logger.update(loss_scale=scale)
+    if log_writer is not None and update:
+        log_writer.update(head="loss", step=it, loss=loss_value)
+        log_writer.update(head="opt", step=it, lr=max(lrs), min_lr=min(lrs), weight_decay=wd,
+                          grad_norm=grad_norm, loss_scale=scale)
 
 
-def merge(eval_path: str, num_tasks: int, log=print) -> dict:
-    """Softmax-average all views of each video from ``{rank}.txt`` files -> top-1 / top-5 (percent).
-
-    Reads our files and upstream-written ones alike: the accuracy line upstream's final_test writes first is
-    recognised and skipped (only on line 1; any other malformed line is an error naming file and line), ids are
-    taken as written (our list paths, upstream's file stems). Views duplicated by a padding sampler (same id,
-    chunk, split) count once. Videos whose every view was unreadable are reported by name and counted as misses in
-    the headline figures. Logs and returns how many files, views and videos were merged.
-    """
-    views: dict[str, dict] = defaultdict(dict)
-    labels: dict[str, int] = {}
-    bad: dict[str, set] = defaultdict(set)
-    n_lines = n_headers = 0
-    for r in range(num_tasks):
-        path = os.path.join(eval_path, f"{r}.txt")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"merge: {path} is missing (rank {r} of {num_tasks} wrote no predictions)")
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if lineno == 1 and "[" not in line and _UPSTREAM_HEADER.fullmatch(line.strip()):
-                    n_headers += 1
-                    continue
-                vid, logits, label, chunk, split = _parse_pred_line(line, path, lineno)
-                if vid in labels and labels[vid] != label:
-                    raise ValueError(f"{path}:{lineno}: video {vid} has label {label} but {labels[vid]} elsewhere")
-                labels[vid] = label
-                views[vid][(chunk, split)] = logits
-                n_lines += 1
-        bad_path = path + ".bad"
-        if os.path.isfile(bad_path):
-            with open(bad_path) as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            vid, label, chunk, split = line.split()
-                            bad[vid].add((int(chunk), int(split)))
-                        except ValueError as e:
-                            raise ValueError(f"{bad_path}:{lineno}: malformed line {line.strip()!r} "
-                                             f"(expected 'id label chunk split')") from e
-                        labels.setdefault(vid, int(label))
-    unreadable = sorted(v for v in bad if v not in views)
-    correct1 = correct5 = 0
-    view_counts = []
-    for vid, per_view in views.items():
-        probs = np.stack([_softmax(v) for _, v in sorted(per_view.items())]).mean(0)
-        order = np.argsort(-probs, kind="stable")
-        correct1 += int(order[0] == labels[vid])
-        correct5 += int(labels[vid] in order[:5])
-        view_counts.append(len(per_view))
-    n_scored = len(views)
-    n_total = n_scored + len(unreadable)
-    n_views = sum(view_counts)
-    partial = sorted(v for v in bad if v in views)
-    res = {"top1": 100.0 * correct1 / max(n_total, 1), "top5": 100.0 * correct5 / max(n_total, 1),
-           "n_videos": n_scored, "n_unreadable": len(unreadable), "unreadable": unreadable,
-           "n_partial": len(partial), "n_views": n_views, "n_duplicate_views": n_lines - n_views,
-           "n_files": num_tasks, "n_upstream_headers": n_headers,
-           "views_per_video": (min(view_counts) if view_counts else 0, max(view_counts) if view_counts else 0),
-           "top1_readable": 100.0 * correct1 / max(n_scored, 1), "top5_readable": 100.0 * correct5 / max(n_scored, 1)}
-    vmin, vmax = res["views_per_video"]
-    vpv = f"{vmin}" if vmin == vmax else f"{vmin}-{vmax}"
-    extra = [f"{n_lines - n_views} duplicate views counted once"] if n_lines > n_views else []
-    if n_headers:
-        extra.append(f"{n_headers} upstream accuracy header line{'s' if n_headers > 1 else ''} skipped")
-    log(f"merge: {n_views} views of {n_scored} videos from {num_tasks} file{'s' if num_tasks > 1 else ''}"
-        f"{' (' + '; '.join(extra) + ')' if extra else ''}, {vpv} views per video (softmax-averaged); "
-        f"top-1 {res['top1']:.3f} top-5 {res['top5']:.3f}")
-    report_unreadable("merge", unreadable, res["top1"], res["top1_readable"], log)
-    if partial:
-        log(f"merge: {len(partial)} videos had some unreadable views; scored on the rest: {', '.join(partial[:20])}")
-    return res
+def fit(args, loaders, backend, criterion, mixup_fn, model_ema, log_writer, start: ResumeState, n_parameters: int,
+        log=print) -> dict:
+    """The epoch loop of a run, then its final test: each epoch trains, saves the training state, validates and
+    logs (log.txt, summary.csv, TensorBoard). Returns the run's result (best val top-1, final test figures)."""
+    if start.path is not None and is_main_process():
+        dropped = drop_epochs_from(args.output_dir, start.epoch)
+        if dropped:
+            log(f"log.txt: {dropped} lines of epochs >= {start.epoch} (from a run past this checkpoint) moved to "
+                f"log.txt.superseded; they are trained again")
+    steps_per_epoch = len(loaders["train"]) // args.update_freq
+    lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
+                                   args.warmup_lr, args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    start_iter = check_resume_iter(args, start.ckpt, start.epoch, start.iter, steps_per_epoch, log)
+    start_meters = (start.ckpt or {}).get("epoch_meters") if start_iter else None
+    first_step = start.epoch * steps_per_epoch + start_iter // args.update_freq
+    log(f"training: {args.epochs} epochs x {steps_per_epoch} optimizer steps, start epoch {start.epoch}"
+        f"{f' at step {start_iter // args.update_freq}' if start_iter else ''}, "
+        f"first lr {lr_schedule[min(first_step, len(lr_schedule) - 1)]:.3e}")
+    run = _Run(args, backend, model_ema, start.best, steps_per_epoch,
+               BadFileTracker(args.max_bad_samples, start.bad_files, _train_list_name(args)))
+    t0 = time.time()
+    stats = {}
+    guard = PreemptionGuard()
+    guard.__enter__()  # SIGTERM / SIGUSR1: finish the step, save, exit PREEMPTED_EXIT (restored when run() ends)
+    args._preemption_guard = guard
+    for epoch in range(start.epoch, args.epochs):
+        if epoch > start.epoch:
+            _stop_if_asked(args, guard, epoch, log)  # a signal during validation / the save: the epoch is saved
+        seed_epoch(args, loaders["train"], epoch, get_rank())
+        if log_writer is not None:
+            log_writer.set_step(epoch * steps_per_epoch)
+        first = epoch == start.epoch
+        train_stats = run.train(criterion, loaders["train"], epoch, lr_schedule, wd_schedule, mixup_fn, log_writer,
+                                start_iter if first else 0, guard, start_meters if first else None)
+        if train_stats.get("stopped_at") is not None:
+            run.save_preempted(epoch, train_stats, log)
+        # the epoch's training state is saved before validation, so a failing validation loses nothing
+        run.save_epoch(epoch)
+        val_stats, ema_stats = _validate(args, loaders, backend, model_ema, log_writer, epoch, log)
+        run.update_best(epoch, val_stats, log)
+        stats = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in val_stats.items()},
+                 **{f"val_ema_{k}": v for k, v in ema_stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
+        append_json_log(args.output_dir, stats)
+        update_summary(args.output_dir, {"epoch": epoch, "train_loss": train_stats.get("loss"),
+                                         "val_acc1": val_stats.get("acc1"), "val_acc5": val_stats.get("acc5")})
+        if log_writer is not None:
+            log_writer.flush()
+    log(f"training time {datetime.timedelta(seconds=int(time.time() - t0))}")
+    return _test_at_end(args, loaders, backend, run.best, stats, log)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
+class _Run:
+    """What the epoch loop saves and updates: the best val top-1 so far and the run's unreadable files."""
+
+    def __init__(self, args, backend, model_ema, best: dict, steps_per_epoch: int, bad_files: BadFileTracker):
+        self.args, self.backend, self.model_ema, self.best = args, backend, model_ema, best
+        self.steps_per_epoch, self.bad_files = steps_per_epoch, bad_files
+
+    def state(self, epoch=None, resume_iter=None, steps=True) -> dict:
+        return client_state(self.args, self.model_ema, self.best, self.bad_files,
+                            self.steps_per_epoch if steps else None, epoch, resume_iter)
+
+    def train(self, criterion, loader, epoch, lr_schedule, wd_schedule, mixup_fn, log_writer, start_iter, guard,
+              start_meters) -> dict:
+        args, backend, best = self.args, self.backend, self.best
+
+        def on_nonfinite(ep, step):  # this epoch's values
+            backend.save(args.output_dir, ep, client_state(args, self.model_ema, best, self.bad_files),
+                         ["checkpoint-nonfinite.pth"], tag=False) if args.output_dir else None
+            if is_main_process() and args.output_dir:
+                print(f"state before the failing step saved to {args.output_dir}/checkpoint-nonfinite.pth")
+
+        try:
+            return train_one_epoch(backend, criterion, loader, epoch, args, lr_schedule, wd_schedule,
+                                   start_steps=epoch * self.steps_per_epoch,
+                                   num_training_steps_per_epoch=self.steps_per_epoch, mixup_fn=mixup_fn,
+                                   model_ema=self.model_ema, log_writer=log_writer, on_nonfinite=on_nonfinite,
+                                   bad_files=self.bad_files, print_freq=args.print_freq, start_iter=start_iter,
+                                   guard=guard, start_meters=start_meters)
+        except NonFiniteLossError as e:
+            print(f"stopping: {e}")
+            dist_utils.cleanup()
+            sys.exit(1)
+
+    def save_epoch(self, epoch: int) -> None:
+        args = self.args
+        if args.output_dir and args.save_ckpt:
+            names = ["checkpoint-latest.pth"]
+            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+                names.append(f"checkpoint-{epoch}.pth")
+            self.backend.save(args.output_dir, epoch, self.state(epoch), names)
+            dist_utils.barrier("checkpoint save")
+
+    def update_best(self, epoch: int, val_stats: dict, log) -> None:
+        args = self.args
+        is_best = not val_stats or val_stats["acc1"] > self.best["acc1"]
+        if val_stats and is_best:
+            self.best = {"acc1": val_stats["acc1"], "epoch": epoch}
+        if args.output_dir and args.save_ckpt and is_best:
+            self.backend.save(args.output_dir, epoch, self.state(epoch), ["checkpoint-best.pth"], tag=False)
+            dist_utils.barrier("best checkpoint save")
+        if val_stats:
+            log(f"accuracy on {val_stats['n']} val items: {val_stats['acc1']:.2f}% (best {self.best['acc1']:.2f}% "
+                f"at epoch {self.best['epoch']})")
+
+    def save_preempted(self, epoch: int, train_stats: dict, log) -> None:
+        """Every rank stopped after the same optimizer step: save a resumable mid-epoch checkpoint, say so, exit."""
+        args, steps_per_epoch = self.args, self.steps_per_epoch
+        it = int(train_stats["stopped_at"])
+        step = it // args.update_freq
+        saved = "nothing saved (no --output_dir or --no_save_ckpt)"
+        if args.output_dir and args.save_ckpt:
+            st = self.state(epoch, resume_iter=it)
+            st["epoch_meters"] = train_stats["meters"]  # so the resumed epoch's log line averages the whole epoch
+            self.backend.save(args.output_dir, epoch, st, ["checkpoint-latest.pth"])
+            dist_utils.barrier("preemption checkpoint save")
+            saved = f"saved {os.path.join(args.output_dir, 'checkpoint-latest.pth')}"
+        log(f"stopped by {train_stats.get('stop_signal')} at epoch {epoch}, optimizer step {step}/{steps_per_epoch}: "
+            f"{saved}; rerun the same command with --auto_resume to continue from step {step} "
+            f"(exit {PREEMPTED_EXIT})")
+        dist_utils.cleanup()
+        sys.exit(PREEMPTED_EXIT)
+
+
+def _validate(args, loaders, backend, model_ema, log_writer, epoch: int, log) -> tuple[dict, dict]:
+    val_stats, ema_stats = {}, {}
+    if "val" in loaders:
+        val_stats = evaluate(loaders["val"], backend.model_without_ddp, backend.autocast, distributed=args.dist_eval,
+                             log=log)
+        if model_ema is not None:
+            ema_stats = evaluate(loaders["val"], model_ema.module, backend.autocast, header="Val (EMA):",
+                                 distributed=args.dist_eval, log=log)
+        if log_writer is not None:
+            log_writer.update(head="perf", step=epoch, val_acc1=val_stats["acc1"], val_acc5=val_stats["acc5"],
+                              val_loss=val_stats["loss"], ema_val_acc1=ema_stats.get("acc1"))
+    return val_stats, ema_stats
+
+
+def _test_at_end(args, loaders, backend, best: dict, stats: dict, log) -> dict:
+    """The multi-view test after training (with checkpoint-best.pth under --test_best), else the last val."""
+    result = {"best_val_acc1": best["acc1"], "best_epoch": best["epoch"]}
+    if "test" in loaders and args.test_at_end:
+        path = os.path.join(args.output_dir, "checkpoint-best.pth") if args.output_dir else ""
+        if args.test_best and path and os.path.isfile(path):
+            ckpt = load_checkpoint(path, args.trust_checkpoint)
+            backend.model_without_ddp.load_state_dict(ckpt["model"])
+            log(f"final test with the best checkpoint {path} (epoch {ckpt.get('epoch')})")
+        result.update(final_test_and_merge(args, loaders["test"], backend, backend.autocast, log))
+    elif "val" in loaders:
+        result.update({"Final top-1": stats.get("val_acc1"), "Final Top-5": stats.get("val_acc5")})
+        append_json_log(args.output_dir, {"Final top-1": stats.get("val_acc1"), "Final Top-5": stats.get("val_acc5")})
+    return result
+
+
+def _stop_if_asked(args, guard, epoch, log) -> None:
+    """Between epochs (the previous epoch is saved): exit PREEMPTED_EXIT if any rank received a stop signal."""
+    asked = all_reduce_sum(torch.tensor([1.0 if guard.requested else 0.0], dtype=torch.float64),
+                           name="stop signal check")
+    if asked.item() > 0:
+        where = f"checkpoint-latest.pth in {args.output_dir}" if args.output_dir and args.save_ckpt else "nothing"
+        log(f"stopped by {guard.name or 'a signal on another rank'} before epoch {epoch}: epoch {epoch - 1} is "
+            f"saved ({where}); rerun the same command with --auto_resume to continue (exit {PREEMPTED_EXIT})")
+        dist_utils.cleanup()
+        sys.exit(PREEMPTED_EXIT)
+
+
+def _train_list_name(args) -> str:
+    return args.train_list or (os.path.join(args.data_path, "train.csv") if args.data_path else "")

@@ -1,13 +1,11 @@
 """ImageNet-1K supervised pre-training of the image models (DeiT recipe: AdamW, cosine, mixup/cutmix,
 RandAugment, repeated augmentation, EMA), optionally with self-distillation from a frozen teacher.
 
-The loop is the fine-tuning loop (engines.finetune.train_one_epoch / evaluate): a model that returns
+The loop is the fine-tuning loop (engines.finetune.fit / train_one_epoch, engines.evaluate.evaluate): a model that returns
 ``(logits, auxiliary_loss)`` - the distillation wrapper - has that loss added to the task loss.
 This module adds what differs: the repeated-augmentation sampler and the distillation summary.
 """
 from __future__ import annotations
-
-from .finetune import evaluate, train_one_epoch  # noqa: F401  (the shared loops)
 
 
 def repeat_aug_sampler(dataset, args, world: int, rank: int):

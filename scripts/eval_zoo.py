@@ -99,6 +99,7 @@ def main(argv=None) -> int:
         args = parse_with_config(rcf.get_args_parser(), flags)
         convention = sampling_convention(args, test_mode=True)
         print(f"[eval_zoo] {name}: sampling convention {convention}", flush=True)
+        rcf.log_scan_backend(args)
         res = run(args, rcf.wiring())
         results.append((name, res, convention))
     print("\n| tag | published top-1 | measured top-1 | difference | videos | sampling |")
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
 
 def merge_dir(pred_dir: str, num_files: int = 0) -> int:
     """Merge the per-rank prediction files of ``pred_dir`` (upstream's or ours) and print the result."""
-    from engines.finetune import merge
+    from engines.evaluate import merge
 
     if num_files < 1:
         while os.path.isfile(os.path.join(pred_dir, f"{num_files}.txt")):

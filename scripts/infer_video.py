@@ -31,7 +31,8 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-RESIDUAL_START = ("none", "forward", "backward", "both")
+from mamba.modules.bimamba import RESIDUAL_START  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # flags that fall back to the checkpoint's training args, then to these defaults
 DATA_DEFAULTS = {"num_frames": None, "input_size": None, "short_side_size": None, "sampling_rate": 0,
@@ -57,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("VideoMambaPro options (default: the checkpoint's, else the registered model's)")
     g.add_argument("--bwd_mask", dest="bwd_mask", action="store_true", default=None)
     g.add_argument("--no_bwd_mask", dest="bwd_mask", action="store_false")
-    g.add_argument("--residual_start", choices=RESIDUAL_START, default=None)
+    g.add_argument("--residual_start", choices=tuple(RESIDUAL_START), default=None)
     g.add_argument("--mask_drops_D", action="store_true", default=None)
     g.add_argument("--no_gate", dest="gate", action="store_false", default=None)
     g.add_argument("--divide_out", action="store_true", default=None)

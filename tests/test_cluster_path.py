@@ -15,12 +15,14 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset
 
 from engines.backends import cast_input
-from engines.finetune import BadFileTracker, evaluate, final_test, merge
-from engines.runner import ShardSampler, build_loaders, seed_epoch
+from engines.evaluate import evaluate, final_test, merge
+from engines.finetune import BadFileTracker
+from engines.runner import ShardSampler, build_loaders
 from tests.test_engine_common import FAST_FLAGS, ROOT, TensorVideos, TinyLayered, launcher_free_env
 from utils import distributed as dist_utils
 from utils.distributed import free_port
 from utils.logger import MetricLogger
+from utils.seeding import seed_epoch
 
 
 # ---- 1. the process group ---------------------------------------------------------------------------------------

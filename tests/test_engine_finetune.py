@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from engines.finetune import evaluate, final_test, merge
+from engines.evaluate import evaluate, final_test, merge
 from engines.runner import run
 from run_class_finetuning import get_args_parser
 from tests.test_engine_common import FAST_FLAGS, TensorVideos, TinyLayered, fake_wiring

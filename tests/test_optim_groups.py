@@ -8,7 +8,7 @@ import torch
 
 from tests.test_engine_common import TinyLayered
 from utils.optim import create_optimizer, get_layer_id, param_groups_layer_decay
-from utils.schedules import cosine_scheduler, scaled_lr
+from utils.schedules import cosine_scheduler, scale_lrs
 
 
 def _lookup(groups):
@@ -78,7 +78,8 @@ def test_cosine_schedule_warmup_and_end():
 
 
 def test_lr_scaling_rule():
-    assert scaled_lr(1e-3, 64, 2, 8, 2) == pytest.approx(1e-3 * 64 * 2 * 8 * 2 / 256)
+    args = argparse.Namespace(lr=1e-3, min_lr=0.0, warmup_lr=0.0, batch_size=64, update_freq=2, num_sample=2)
+    assert scale_lrs(args, 8)["lr"] == pytest.approx(1e-3 * 64 * 2 * 8 * 2 / 256)
 
 
 def test_create_optimizer_honours_betas_eps_and_rejects_unknown():

@@ -53,3 +53,22 @@ def test_pro_options_reach_model_and_checkpoint(data, tmp_path, capsys):
     assert cfg["bwd_mask"] is False and cfg["residual_start"] == "forward" and cfg["divide_out"] is True
     assert cfg["gate"] is True and cfg["mask_drops_D"] is False  # registered defaults where not given
     assert ck["args"]["scan_backend"] == "torch"
+
+
+def test_run_log_names_the_scan_backend_resolved_and_requested(data, tmp_path, capsys, monkeypatch):
+    import run_class_finetuning as r
+    from mamba.ops.backend import set_scan_backend
+
+    monkeypatch.delenv("VMP_SCAN_BACKEND", raising=False)
+    flags = _flags(data, str(tmp_path / "auto"))
+    flags = flags[:flags.index("--scan_backend")]  # not given: auto, which is torch on the CPU
+    try:
+        set_scan_backend(None)
+        r.main(flags + ["--epochs", "1", "--no_test_at_end", "--disable_eval_during_finetuning"])
+        out = capsys.readouterr().out.splitlines()
+        assert [x for x in out if x.startswith("scan backend:")] == ["scan backend: torch (auto)"]
+        r.main(_flags(data, str(tmp_path / "ref"))[:-1] + ["reference", "--dry_run"])
+        out = capsys.readouterr().out.splitlines()
+        assert [x for x in out if x.startswith("scan backend:")] == ["scan backend: reference (reference)"]
+    finally:
+        set_scan_backend(None)

@@ -195,7 +195,10 @@ def _csv_epoch(line: str, i: int):
 
 
 def update_summary(output_dir: str | None, row: dict, filename: str = "summary.csv") -> None:
-    """Append one row to output_dir/summary.csv (header written on creation)."""
+    """Append one row to output_dir/summary.csv (header written on creation), rank 0 only.
+
+    Not timm.utils.update_summary: it prefixes every column with ``train_`` / ``eval_``, so our ``val_acc1`` /
+    ``val_acc5`` columns (read by users' scripts, and matched with log.txt's ``val_*`` keys) would be renamed."""
     if not output_dir or not is_main_process():
         return
     path = os.path.join(output_dir, filename)

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import socket
+import tempfile
 
 LOCK_NAME = ".run.lock"
 
@@ -93,3 +94,18 @@ class RunLock:
                 os.remove(self.path)
             except FileNotFoundError:
                 pass
+
+
+def check_output_dir(path: str) -> None:
+    """Create ``path`` and prove it writable now, before data and model are built: one line naming it otherwise."""
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"error: --output_dir {path}: not a writable folder ({type(e).__name__}: "
+                         f"{e.strerror or e})") from None
+

@@ -27,11 +27,6 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
     return sched
 
 
-def scaled_lr(lr: float, batch_size: int, update_freq: int, world_size: int, num_sample: int = 1) -> float:
-    """Linear LR scaling rule: ``lr * batch_size * update_freq * world_size * num_sample / 256``."""
-    return lr * batch_size * update_freq * world_size * num_sample / 256.0
-
-
 LR_SCALE_RULES = ("linear256", "deit512")
 
 

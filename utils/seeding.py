@@ -21,3 +21,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def seed_epoch(args, loader, epoch: int, rank: int) -> None:
+    """Seed the global RNGs and the train loader (sampler order, worker seeds) for ``epoch`` on ``rank``: the
+    epoch's randomness depends only on (seed, epoch, rank), so a resumed run continues exactly."""
+    s = seed_for(args.seed, epoch, rank)
+    seed_everything(s)
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(s)
