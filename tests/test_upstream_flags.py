@@ -218,3 +218,23 @@ def test_distill_upstream_head_and_loss():
 
     a = rpi.get_args_parser().parse_args(["--dry_run", "--no_model_ema"])
     assert (a.distill_style, a.lr_scale_rule, a.model_ema, a.min_lr) == ("videomamba", "deit512", False, 1e-5)
+
+
+def test_built_model_keeps_the_run_scan_backend():
+    """--scan_backend is fixed in the model when it is built (each mixer carries it), and a later change of the
+    global switch does not move it; without the flag the model takes the switch's value at build time. It is not
+    part of the checkpointed model_cfg."""
+    from mamba.ops.backend import set_scan_backend
+
+    a = _parse("--model", "videomambapro_test", "--num_frames", "2", "--scan_backend", "reference",
+               "--nb_classes", "3")
+    m = rcf.build_model(a)
+    assert m.scan_backend == "reference" and {b.mixer.scan_backend for b in m.layers} == {"reference"}
+    assert "scan_backend" not in a._model_cfg
+    try:
+        set_scan_backend("torch")
+        assert m.resolved_scan_backend("cpu") == "reference"
+        b = _parse("--model", "videomambapro_test", "--num_frames", "2", "--nb_classes", "3")
+        assert rcf.build_model(b).scan_backend == "torch"
+    finally:
+        set_scan_backend(None)

@@ -57,6 +57,11 @@ def build_model(args, meta: bool = False):
     if args.model not in models.registered_models():
         raise SystemExit(f"error: --model {args.model} is not one of ours (registered by models/: "
                          f"{', '.join(models.registered_models())})")
+    from mamba.ops.backend import get_scan_backend
+
+    # the run's scan backend, fixed in the model when it is built (as timm's use_fused_attn); not in model_cfg:
+    # a checkpoint is not tied to the machine that wrote it
+    kw["scan_backend"] = getattr(args, "scan_backend", None) or get_scan_backend()
     try:
         if meta:
             with torch.device("meta"):
