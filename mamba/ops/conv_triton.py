@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from ._util import check_triton_runs_on
+
 try:
     import triton
     import triton.language as tl
@@ -148,20 +150,7 @@ if triton is not None:
 def _require(x):
     if triton is None:
         raise RuntimeError("the triton conv needs triton (pip install triton; it ships with CUDA builds of torch)")
-    if x.device.type != "cuda" and not _recording():
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(_conv_fwd_kernel, InterpretedFunction):
-            raise RuntimeError(
-                f"the triton conv got tensors on {x.device.type}: Triton kernels run on CUDA GPUs, or on the CPU "
-                "through the interpreter when TRITON_INTERPRET=1 is set before mamba.ops.conv_triton is imported")
-
-
-def _recording():
-    import sys
-
-    aot = sys.modules.get("mamba.ops.triton_aot")
-    return aot is not None and aot.is_recording()
+    check_triton_runs_on(x, _conv_fwd_kernel, "conv", __name__)
 
 
 def _acc(x):

@@ -44,6 +44,8 @@ import sys
 import torch
 
 from . import triton_aot
+from ._util import check_triton_runs_on
+from ._util import pair as _pair
 
 try:  # triton is optional: the error below says what to install
     import triton
@@ -486,14 +488,7 @@ if triton is not None:
 
 def _check_runs_here(u: torch.Tensor):
     _require_triton()
-    if u.device.type != "cuda" and not triton_aot.is_recording():
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(_scan_fwd_kernel, InterpretedFunction):
-            raise RuntimeError(
-                f"the triton scan got tensors on {u.device.type}: Triton kernels run on CUDA GPUs, or on the CPU "
-                "through the interpreter when TRITON_INTERPRET=1 is set before mamba.ops.scan_triton is imported"
-            )
+    check_triton_runs_on(u, _scan_fwd_kernel, "scan", __name__)
 
 
 def _acc_dtype(x: torch.Tensor):
@@ -517,10 +512,6 @@ def _prep_bc(X: torch.Tensor, name: str, b: int, n: int, l: int) -> torch.Tensor
     return X
 
 
-def _pairs(v, ndir):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * ndir
-
-
 def _normalize(u, dt, A, B, C, D, dt_bias, z, W_dt, a_log, residual, masked):
     """Validated per-direction inputs of bi_scan_fwd / bi_scan_bwd (see there) as a dict of tuples."""
     if not isinstance(u, (tuple, list)):
@@ -536,7 +527,7 @@ def _normalize(u, dt, A, B, C, D, dt_bias, z, W_dt, a_log, residual, masked):
         if not isinstance(X, (tuple, list)) or len(X) != ndir:
             raise ValueError(f"{name} must be a sequence with one entry per direction ({ndir})")
         seqs[name] = tuple(X)
-    residual, masked = _pairs(residual, ndir), _pairs(masked, ndir)
+    residual, masked = _pair(residual, ndir), _pair(masked, ndir)
     if len(residual) != ndir or len(masked) != ndir:
         raise ValueError(f"residual and masked need one flag per direction ({ndir})")
     if u[0].dim() != 3:
@@ -684,7 +675,7 @@ def _backward(p, dout, states, *, softplus, drop_D, scale, want_out_z, dest, til
     g = {}
     for name in _GRAD_NAMES:
         given = dest.get(name)
-        given = _pairs(given, ndir) if given is not None else (None,) * ndir
+        given = _pair(given, ndir) if given is not None else (None,) * ndir
         if len(given) != ndir:
             raise ValueError(f"{name} must have one destination per direction ({ndir})")
         acc = name in accumulated
@@ -846,10 +837,6 @@ def selective_scan_triton(
     cfg = dict(ndir=1, residual=(residual,), masked=(masked,), softplus=delta_softplus, drop_D=mask_drops_D,
                scale=1.0, return_last_state=bool(return_last_state))
     return _ScanFn.apply(cfg, z, u, delta, A, B, C, D, delta_bias)
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def bi_selective_scan_triton(
