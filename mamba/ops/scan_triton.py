@@ -68,7 +68,7 @@ _INSTALL = (
 # the forward kernels use 70-110 registers and do not spill (see SCAN_FWD_MAXNREG); the backward needs ~110-170
 # registers almost independently of the steps per thread (per-thread addresses and scalars), so at 16 warps
 # (capped at 128 registers: one program of 16 warps per SM) its heaviest variants spill 8-60 bytes.
-# `scripts/bench_gpu.py --sweep` times candidates on a GPU.
+# `scripts/tune_tiles.py` times candidates on a GPU.
 DEFAULT_TILE = {"block_d": 1, "chunk": 2048, "num_warps": 16}
 # registers per thread the scan forward may use (ptxas's .maxnreg) at 4 and 8 warps: left to itself ptxas aims at
 # a higher occupancy and spills (at 8 warps: 80 registers, 16 bytes of spills); under 128 it takes ~105 and does
