@@ -510,7 +510,7 @@ def test_launch_plan_at_ti_64_frames():
         st.bi_scan_bwd(u, dt, A, B, C, par, par, rows(E), out, W_dt=W, a_log=True, states=states, want_out_z=True)
     assert [triton_aot.kernel_name(k) for k, *_ in calls] == ["_scan_fwd_kernel", "_scan_bwd_kernel"]
     for call in calls:
-        lp = st.launch_plan(*call)
+        lp = triton_aot.recorded_scan_plan(*call)
         assert (lp["programs"], lp["chunk_iterations"]) == (plan["programs"], plan["chunk_iterations"]), lp
     # saved for the backward: the fp32 chunk-boundary states only, ~27 B per token per layer
     assert states.dtype == torch.float32 and states.shape == (2, b, E, plan["chunks_per_direction"], N)
