@@ -258,6 +258,19 @@ def small_cpu_tiles(device, backends):
     return contextlib.nullcontext()
 
 
+def run(args, what, bench, table):
+    """One GPU mode: the device (:func:`start`; exit status 2 without one), ``bench(device, timer, rows)`` (with
+    small scan tiles on the CPU when --backends has triton), then :func:`finish` with ``table(rows)``. Returns
+    ``(exit status, rows)``."""
+    device = start(args, what)
+    if device is None:
+        return 2, []
+    rows = []
+    with small_cpu_tiles(device, getattr(args, "backends", ())):
+        bench(device, Timer(device), rows)
+    return finish(args, rows, table(rows)), rows
+
+
 def finish(args, rows, table):
     """Print the skipped rows and the table, write --json; exit status 1 when a row that is not skipped has no
     time."""

@@ -267,13 +267,8 @@ def parse_backends_args(argv=None):
 
 def backends_main(argv=None):
     args = parse_backends_args(argv)
-    device = _bench.start(args, "bench_model.py backends")
-    if device is None:
-        return 2
-    rows = []
-    with _bench.small_cpu_tiles(device, args.backends):
-        bench_backends(args, device, _bench.Timer(device), rows)
-    return _bench.finish(args, rows, summarize(rows))
+    return _bench.run(args, "bench_model.py backends", lambda device, timer, rows: bench_backends(
+        args, device, timer, rows), summarize)[0]
 
 
 def _tokens(model):

@@ -303,20 +303,18 @@ def layer_main(argv=None):
                 rows += json.load(f)
         print(_bench.key_figures(rows))
         return 0
-    device = _bench.start(args, "bench_scan.py layer")
-    if device is None:
-        return 2
-    timer = _bench.Timer(device)
-    peak = args.peak_GBps or measure_peak_bandwidth(device, timer)
-    if device.type == "cuda":
-        print(f"device copy bandwidth: {peak:.0f} GB/s", flush=True)
-    rows = []
-    with _bench.small_cpu_tiles(device, args.backends):
+    peak = []
+
+    def bench(device, timer, rows):
+        peak.append(args.peak_GBps or measure_peak_bandwidth(device, timer))
+        if device.type == "cuda":
+            print(f"device copy bandwidth: {peak[0]:.0f} GB/s", flush=True)
         bench_layer(args, device, _bench.torch_dtype(args.dtype), timer, rows)
-    for r in rows:
-        if "skipped" not in r and peak == peak:
-            r["peak_GBps"] = peak  # the floor's reference, for readers of --json
-    return _bench.finish(args, rows, summarize(rows, peak))
+        for r in rows:
+            if "skipped" not in r and peak[0] == peak[0]:
+                r["peak_GBps"] = peak[0]  # the floor's reference, for readers of --json
+
+    return _bench.run(args, "bench_scan.py layer", bench, lambda rows: summarize(rows, peak[0]))[0]
 
 
 # ------------------------------------------------------------------ driver

@@ -161,12 +161,10 @@ def summarize_sweep(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = _bench.start(args, "tune_tiles.py")
-    if device is None:
-        return 2
-    rows = []
-    bench_sweep(args, device, _bench.torch_dtype(args.dtype), _bench.Timer(device), rows)
-    status = _bench.finish(args, rows, summarize_sweep(rows))
+    status, rows = _bench.run(args, "tune_tiles.py", lambda device, timer, rows: bench_sweep(
+        args, device, _bench.torch_dtype(args.dtype), timer, rows), summarize_sweep)
+    if status == 2:
+        return status
     # every candidate measured, and the table's own tile among them
     table_ok = any(r.get("table") and "skipped" not in r for r in rows)
     return 1 if status or not table_ok or any("skipped" in r and r.get("table") for r in rows) else 0
