@@ -127,7 +127,7 @@ def _quiet_decoders() -> None:
 
 def probe_job(job) -> tuple:
     """``(path, kind, reader, tmpl, start_idx)`` -> ("ok", frames, height, width) or ("bad", reason)."""
-    from datasets.video_io import VideoReadError, probe_rawframes, probe_video
+    from datasets.video_io import VideoReadError, error_text, probe_rawframes, probe_video
 
     path, kind, reader, tmpl, start_idx = job
     try:
@@ -136,7 +136,7 @@ def probe_job(job) -> tuple:
     except VideoReadError as e:
         return ("bad", e.reason)
     except Exception as e:  # a decoder crash is a bad file too, named with its type
-        return ("bad", f"{type(e).__name__}: {str(e).strip()[:200]}")
+        return ("bad", error_text(e))
 
 
 def _line(rel: str, label: int, frames: Optional[int], sep: str) -> str:

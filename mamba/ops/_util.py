@@ -1,4 +1,5 @@
-"""Small helpers shared by the op modules: per-direction pairs, and where Triton kernels may run."""
+"""Small helpers shared by the op modules: per-direction pairs, where Triton kernels may run, and what the add +
+RMSNorm nodes keep for backward."""
 from __future__ import annotations
 
 import sys
@@ -24,3 +25,11 @@ def check_triton_runs_on(x, kernel, what: str, module: str) -> None:
         raise RuntimeError(
             f"the triton {what} got tensors on {x.device.type}: Triton kernels run on CUDA GPUs, or on the CPU "
             f"through the interpreter when TRITON_INTERPRET=1 is set before {module} is imported")
+
+
+def save_norm(ctx, r, rstd, weight, x, residual) -> None:
+    """What an add + RMSNorm autograd node keeps for backward (the torch node and the Triton one keep the same, so
+    either backward reads either forward's): r, rstd, the weight, and the dtypes of the input gradients (x's, and
+    the residual's or None)."""
+    ctx.save_for_backward(r, rstd, weight)
+    ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)

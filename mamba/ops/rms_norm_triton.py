@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._util import check_triton_runs_on
+from ._util import check_triton_runs_on, save_norm
 
 try:
     import triton
@@ -123,8 +123,7 @@ class AddRMSNormTriton(torch.autograd.Function):
         _norm_fwd_kernel[(-(-M // tile["BLOCK_M"]),)](
             xc, res if res is not None else xc, weight, out, r, rstd, M, d, float(eps), HAS_RES=res is not None,
             BLOCK_M=tile["BLOCK_M"], BLOCK_D=tile["BLOCK_D"], ACC=_acc(ct), num_warps=tile["num_warps"])
-        ctx.save_for_backward(r, rstd, weight)
-        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+        save_norm(ctx, r, rstd, weight, x, residual)
         return out, r
 
     @staticmethod
