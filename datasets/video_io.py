@@ -47,6 +47,11 @@ def decord_available() -> bool:
         return False
 
 
+def error_text(e: BaseException) -> str:
+    """``Type: message`` of a decoder's exception, its message cut to 200 characters (for reports and errors)."""
+    return f"{type(e).__name__}: {str(e).strip()[:200]}"
+
+
 def _check_frames(path: str, frames: np.ndarray, n: int) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[0] != n or frames.shape[-1] != 3:
         raise VideoReadError(path, f"decoder returned frames of shape {tuple(frames.shape)}")
@@ -65,7 +70,7 @@ class DecordVideo:
             self._vr = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
             self._n = len(self._vr)
         except Exception as e:  # decord raises RuntimeError / DECORDError with long C++ messages
-            raise VideoReadError(path, f"decord cannot open it ({type(e).__name__}: {str(e).strip()[:200]})") from e
+            raise VideoReadError(path, f"decord cannot open it ({error_text(e)})") from e
 
     def __len__(self) -> int:
         return self._n
@@ -76,7 +81,7 @@ class DecordVideo:
         try:
             return _check_frames(self.path, self._vr.get_batch(list(indices)).asnumpy(), len(indices))
         except Exception as e:
-            reason = f"decord cannot decode frames ({type(e).__name__}: {str(e).strip()[:200]})"
+            reason = f"decord cannot decode frames ({error_text(e)})"
         try:
             video = PyAVVideo(self.path)
         except VideoReadError as e:
@@ -103,7 +108,7 @@ class PyAVVideo:
         except VideoReadError:
             raise
         except Exception as e:  # av.error.FFmpegError subclasses, IndexError on empty containers, ...
-            raise VideoReadError(path, f"PyAV cannot decode it ({type(e).__name__}: {str(e).strip()[:200]})") from e
+            raise VideoReadError(path, f"PyAV cannot decode it ({error_text(e)})") from e
 
     def __len__(self) -> int:
         return len(self._frames)

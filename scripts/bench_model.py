@@ -19,6 +19,13 @@ RSS before each configuration (Linux VmHWM, reset through /proc/self/clear_refs)
 threshold fixed (``MALLOC_MMAP_THRESHOLD_=65536``, so freed tensors leave the RSS) in a subprocess per
 configuration; the times come from this process, with the default allocator (a fixed threshold makes every
 large allocation a page-faulting mmap). The scan backend is the one ``VMP_SCAN_BACKEND`` / ``--scan_backend`` selects.
+
+``backends`` mode (GPU): a training step (forward, backward, AdamW step, bf16 autocast) of ``videomambapro_<size>``
+vs ``videomamba_<size>`` from ``timm.create_model`` on each scan backend (torch / cuda / triton) for --sizes Ti S M
+x --frames: clips/s (median of CUDA-event timings), peak memory and its growth over the fewest frames;
+``--allow-cpu``: the test models through the Triton interpreter (plumbing only).
+
+    python scripts/bench_model.py backends --sizes Ti --frames 8 16 --backends triton cuda --json model.json
 """
 import argparse
 import gc
@@ -29,15 +36,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _bench  # noqa: E402  (scripts/_bench.py, beside this script)
 import torch  # noqa: E402
-from bench_scan import _proc_status_mb, _reset_rss_peak, cpu_malloc_env  # noqa: E402  (this folder)
 
 
 def _cpu_peak_start():
     """Reset the RSS high-water mark to the current RSS; return the RSS (MiB)."""
     gc.collect()
-    _reset_rss_peak()
-    return _proc_status_mb("VmRSS")
+    _bench.reset_rss_peak()
+    return _bench.proc_status_mb("VmRSS")
 
 
 def bench_one(name, frames, args, device):
@@ -75,7 +82,7 @@ def bench_one(name, frames, args, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _proc_status_mb("VmHWM") - rss0
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _bench.proc_status_mb("VmHWM") - rss0
     return args.batch_size * args.iters / dt, mem
 
 
@@ -83,7 +90,7 @@ def _cpu_memory(name, frames, argv):
     """Peak RSS growth (MiB) of one configuration, measured in a fresh process with a fixed mmap threshold."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", "cpu", "--mem_worker", name, str(frames)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=cpu_malloc_env())
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_bench.cpu_malloc_env())
     if p.returncode != 0:
         raise RuntimeError(f"memory worker failed for {name} at {frames} frames:\n{p.stderr[-2000:]}")
     return float(p.stdout.strip().splitlines()[-1])
@@ -132,6 +139,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    mode = sys.argv[1:2] if argv is None else list(argv)[:1]
+    if mode == ["backends"]:
+        return backends_main((sys.argv[1:] if argv is None else list(argv))[1:])
     args = parse_args(argv)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
@@ -182,6 +192,85 @@ def main(argv=None):
             print(f"{n:<{w}} {t0 / t1:>7.2f} {m1 / m0:>8.2f}")
 
 
+# ------------------------------------------------------------------ backends mode: the scan backends on a GPU
+
+
+def bench_backends(args, device, timer, rows):
+    """Rows of one training step per (size, frames) x backend x VideoMambaPro / VideoMamba."""
+    try:
+        import timm
+
+        import models  # noqa: F401  (registers the models in timm)
+    except ImportError as e:
+        rows.append(dict(level="model", skipped=f"models/ not importable: {e}"))
+        print(f"model level skipped: models/ not importable ({e})", flush=True)
+        return
+    if device.type == "cuda":
+        configs = [(s, _bench.SIZES[s][0], T, 224, args.model_batch) for s in args.sizes for T in args.frames]
+    else:
+        configs = [("test", "test", 2, 32, 2)]
+    for size, suffix, T, img, b in configs:
+
+        def measure(variant, suffix=suffix, T=T, img=img, b=b):
+            model = timm.create_model(f"{variant}_{suffix}", num_classes=400, num_frames=T, img_size=img)
+            model = model.to(device).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            clip = torch.randn(b, 3, T, img, img, device=device)
+            target = torch.randint(0, 400, (b,), device=device)
+            amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+            def step():
+                with amp:
+                    loss = torch.nn.functional.cross_entropy(model(clip), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            _bench.reset_peak(device)
+            t = timer.measure(step, args.warmup, args.iters)
+            return dict(step_ms=1e3 * t, clips_per_s=b / t, peak_MiB=_bench.peak_mib(device))
+
+        _bench.measure_variants(rows, device, args.backends, dict(level="model", size=size, frames=T, batch=b),
+                                measure)
+
+
+def summarize(rows):
+    """Ratios side by side: training-step time VideoMambaPro / VideoMamba on the same backend and peak memory
+    relative to the smallest frame count."""
+    by = {}
+    for r in rows:
+        if "skipped" not in r and r["level"] == "model":
+            by.setdefault((r["size"], r["frames"], r["backend"]), {})[r["variant"]] = r
+    if not by:
+        return ""
+    out = ["\nmodel (training step)",
+           f"{'size':8s} {'T':>3s} {'backend':8s} {'pro clip/s':>10s} {'plain clip/s':>12s} "
+           f"{'pro/plain t':>11s} {'pro MiB':>9s} {'plain MiB':>9s} {'MiB/T_min':>9s}"]
+    r_ = _bench.ratio
+    for key in sorted(by):
+        size, T, bk = key
+        pro, plain = by[key].get("videomambapro"), by[key].get("videomamba")
+        t_min = min(k[1] for k in by if k[0] == size and k[2] == bk)
+        base = by.get((size, t_min, bk), {}).get("videomambapro")
+        g = lambda r, k: r[k] if r else float("nan")  # noqa: E731
+        out.append(f"{size:8s} {T:3d} {bk:8s} {g(pro, 'clips_per_s'):10.2f} {g(plain, 'clips_per_s'):12.2f} "
+                   f"{r_(pro and pro['step_ms'], plain and plain['step_ms']):>11s} {g(pro, 'peak_MiB'):9.0f} "
+                   f"{g(plain, 'peak_MiB'):9.0f} {r_(pro and pro['peak_MiB'], base and base['peak_MiB']):>9s}")
+    return "\n".join(out)
+
+
+def parse_backends_args(argv=None):
+    p = _bench.gpu_parser("bench_model.py backends: the training step per scan backend on a GPU")
+    p.add_argument("--model_batch", type=int, default=4)
+    return p.parse_args(argv)
+
+
+def backends_main(argv=None):
+    args = parse_backends_args(argv)
+    return _bench.run(args, "bench_model.py backends", lambda device, timer, rows: bench_backends(
+        args, device, timer, rows), summarize)[0]
+
+
 def _tokens(model):
     """The longest token sequence one block of ``model`` sees (clip-level for the isotropic models)."""
     pe = model.patch_embed
@@ -192,4 +281,4 @@ def _tokens(model):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,13 +14,22 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the inputs; on th
 runs in a fresh subprocess and the peak resident set size (Linux ``VmHWM``, reset to the current RSS
 through ``/proc/self/clear_refs``) is reported above the RSS after the inputs were created and a
 warm-up call was made on a tiny shape (so imports and thread pools are not counted), with glibc's mmap
-threshold fixed (``MALLOC_MMAP_THRESHOLD_``, see ``cpu_malloc_env``) so that freed tensors leave the RSS;
+threshold fixed (``MALLOC_MMAP_THRESHOLD_``, see ``_bench.cpu_malloc_env``) so that freed tensors leave the RSS;
 times come from a second subprocess with the default allocator.
 tracemalloc does not see torch's allocations, hence RSS.
 
     python scripts/bench_scan.py                      # CPU defaults: d=384 at l=1569,3137,12545; d=1152 at l=1569
     python scripts/bench_scan.py --device cuda --repeats 10
     python scripts/bench_scan.py --skip-original-above 3137   # the original at l=12545 is slow and large
+
+``layer`` mode (GPU): one bidirectional layer ``bi_selective_scan_fn`` at the VideoMamba Ti/S/M shapes (E = 384 /
+768 / 1152, N = 16, l = 1 + 196 T for 8-64 frames), VideoMambaPro options (residual start both ways, backward mask)
+vs VideoMamba, per scan backend and as two plain mamba-ssm calls when installed: forward / backward median times
+(CUDA events) and the bandwidth achieved for the bytes that must move at least (fwd: read u, delta, B, C per
+direction + z, write out; bwd: also dout, write du, ddelta, dB, dC per direction + dz). ``--allow-cpu``: tiny shapes
+through the Triton interpreter (plumbing only). Per backend training steps: ``bench_model.py backends``.
+
+    python scripts/bench_scan.py layer --sizes Ti --frames 8 16 --json scan.json
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import _bench  # noqa: E402  (scripts/_bench.py, beside this script)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -101,84 +111,56 @@ def _call(fn, x, variant):
     return fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, **kw)
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _proc_status_mb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_rss_peak():
-    """Lower the RSS high-water mark (VmHWM) to the current RSS (Linux: /proc/self/clear_refs, value 5)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def measure(backend, variant, b, d, n, l, device, repeats):
     """Times (s) and peak memory (MiB above the inputs) of one backend/variant/shape."""
     fn = _backend_fn(backend)
     # warm up on a tiny shape (thread pools, lazy imports, kernels) before taking the memory baseline
     _call(fn, _inputs(1, 8, n, 8, device), variant).sum().backward()
     x = _inputs(b, d, n, l, device)
-    _sync(device)
+    _bench.sync(device)
     res = {}
     if device == "cuda":
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        _reset_rss_peak()
-        base = _proc_status_mb("VmRSS")
+        _bench.reset_rss_peak()
+        base = _bench.proc_status_mb("VmRSS")
     t0 = time.perf_counter()
     with torch.no_grad():
         _call(fn, x, variant)
-    _sync(device)
+    _bench.sync(device)
     tf = [time.perf_counter() - t0]
     res["mem_fwd"] = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else (
-        _proc_status_mb("VmHWM") - base)
+        _bench.proc_status_mb("VmHWM") - base)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     out = _call(fn, x, variant)
     out.sum().backward()
-    _sync(device)
+    _bench.sync(device)
     tb = [time.perf_counter() - t0]
     res["mem_fwdbwd"] = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else (
-        _proc_status_mb("VmHWM") - base)
+        _bench.proc_status_mb("VmHWM") - base)
     del out
     if repeats > 0:  # else: the times of the measured (first) calls above
         tf, tb = [], []
     for _ in range(repeats):
         for k in x:
             x[k].grad = None
-        _sync(device)
+        _bench.sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
             _call(fn, x, variant)
-        _sync(device)
+        _bench.sync(device)
         t1 = time.perf_counter()
         _call(fn, x, variant).sum().backward()
-        _sync(device)
+        _bench.sync(device)
         t2 = time.perf_counter()
         tf.append(t1 - t0)
         tb.append(t2 - t1)
     res["t_fwd"] = statistics.median(tf)
     res["t_fwdbwd"] = statistics.median(tb)
     return res
-
-
-def cpu_malloc_env():
-    """The environment of a CPU memory measurement: a fixed glibc mmap threshold, so that every tensor above
-    64 KiB is its own mapping, returned to the OS when freed. Without it glibc raises the threshold as large
-    blocks are freed and keeps them in its heap, and the RSS high-water mark depends on the history of frees
-    (repeat runs of one row differed by up to 1.9x). It also makes every large allocation a page-faulting
-    mmap, which slows the scan, so times are taken in a second process with the default allocator."""
-    return dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
 
 
 def _worker(job, env):
@@ -192,17 +174,156 @@ def _worker(job, env):
 def run_job(job, isolate):
     if not isolate:
         return measure(**job)
-    res = _worker(job, cpu_malloc_env())  # memory
+    res = _worker(job, _bench.cpu_malloc_env())  # memory
     if job["backend"] != "original":  # (the original's single call is minutes long: one process does both)
         env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
         res.update({k: v for k, v in _worker(job, env).items() if k.startswith("t_")})  # times
     return res
 
 
+# ------------------------------------------------------------------ layer mode: the backends on a GPU
+
+
+def scan_bytes(b, E, N, l, elem, ndir=2):
+    """The floor: bytes that forward and backward must move at least."""
+    per_dir_in = 2 * b * E * l + 2 * b * N * l  # u, delta, B, C
+    fwd = elem * (ndir * per_dir_in + b * E * l + b * E * l)  # + z, out
+    bwd = elem * (ndir * per_dir_in + 2 * b * E * l) + elem * (ndir * per_dir_in + b * E * l)  # + z, dout | + dz
+    return fwd, bwd
+
+
+def measure_peak_bandwidth(device, timer, mib=1024):
+    """GB/s of a large device-to-device copy (read + write): the bandwidth the floor is measured against."""
+    if device.type != "cuda":
+        return float("nan")
+    n = mib * 2**20 // 4
+    src, dst = torch.empty(n, device=device), torch.empty(n, device=device)
+    t = timer.measure(lambda: dst.copy_(src), 2, 10)
+    return 2 * n * 4 / t / 1e9
+
+
+def upstream_plain_x2(x):
+    """Two plain mamba-ssm ``selective_scan_fn`` calls (the VideoMamba v2 layer without flipped copies):
+    the yardstick of the fused bidirectional scan. None when mamba-ssm is not installed."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as upstream
+    except Exception:  # noqa: BLE001 - any import failure means: not available
+        return None
+
+    def run():
+        y = upstream(x["u"][0], x["delta"][0], x["A"][0], x["B"][0], x["C"][0], x["D"][0], x["z"],
+                     x["delta_bias"][0], True)
+        return y + upstream(x["u"][1], x["delta"][1], x["A"][1], x["B"][1], x["C"][1], x["D"][1], x["z"],
+                            x["delta_bias"][1], True)
+
+    return run
+
+
+def bench_layer(args, device, dtype, timer, rows):
+    """Rows of one bidirectional layer (``bi_selective_scan_fn``) per shape: two mamba-ssm calls when installed,
+    then each backend x variant: fwd / bwd / fwd+bwd ms, achieved bandwidth over the floor, peak MiB."""
+    from mamba.ops.selective_scan import bi_selective_scan_fn
+
+    elem = torch.tensor([], dtype=dtype).element_size()
+    for size, E, l, T in _bench.layer_shapes(args, device):
+        b = args.scan_batch
+        fwd_b, bwd_b = scan_bytes(b, E, _bench.N_STATE, l, elem)
+        base = dict(level="scan", size=size, frames=T, l=l, E=E, batch=b)
+        if device.type == "cuda":
+            x = _bench.make_scan_inputs(b, E, _bench.N_STATE, l, dtype, device)
+            run = upstream_plain_x2(x)
+            if run is not None:
+                f, b_, fb = _bench.time_fwd_bwd(timer, run, args.warmup, args.iters)
+                row = dict(base, backend="mamba_ssm_x2", variant="videomamba", fwd_ms=f, bwd_ms=b_, fwd_bwd_ms=fb)
+                rows.append(row)
+                print(_bench.fmt_row(row), flush=True)
+            x = None
+
+        def measure_one(variant, b=b, E=E, l=l, fwd_b=fwd_b, bwd_b=bwd_b):
+            x = _bench.make_scan_inputs(b, E, _bench.N_STATE, l, dtype, device)
+            kw = _bench.VARIANTS[variant]
+            _bench.reset_peak(device)
+            f, b_, fb = _bench.time_fwd_bwd(timer, lambda: bi_selective_scan_fn(
+                x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, **kw),
+                args.warmup, args.iters)
+            return dict(fwd_ms=f, bwd_ms=b_, fwd_bwd_ms=fb, fwd_GBps=fwd_b / f / 1e6, bwd_GBps=bwd_b / b_ / 1e6,
+                        floor_fwd_MB=fwd_b / 1e6, floor_bwd_MB=bwd_b / 1e6, peak_MiB=_bench.peak_mib(device))
+
+        _bench.measure_variants(rows, device, args.backends, base, measure_one)
+
+
+def summarize(rows, peak_GBps=float("nan")):
+    """Ratios side by side: VideoMambaPro (pro) vs VideoMamba (plain) fwd+bwd time on the same backend, pro vs
+    two plain mamba-ssm calls, vs the torch backend, and achieved bandwidth as a fraction of ``peak_GBps``
+    (>= 0.5 is the target at l >= 3137)."""
+    by = {}
+    for r in rows:
+        if "skipped" not in r and r["level"] == "scan":
+            by.setdefault((r["size"], r["frames"], r["backend"]), {})[r["variant"]] = r
+    scan = sorted(k for k in by if k[2] != "mamba_ssm_x2")
+    if not scan:
+        return ""
+    out = [f"scan (bidirectional layer, fwd+bwd; bandwidth fraction vs {peak_GBps:.0f} GB/s)",
+           f"{'size':8s} {'T':>3s} {'backend':8s} {'pro ms':>9s} {'plain ms':>9s} {'pro/plain':>9s} "
+           f"{'pro/mssm2':>9s} {'torch/pro':>9s} {'fwd bw':>7s} {'bwd bw':>7s}"]
+    r_ = _bench.ratio
+    for key in scan:
+        size, T, bk = key
+        pro, plain = by[key].get("videomambapro"), by[key].get("videomamba")
+        up = by.get((size, T, "mamba_ssm_x2"), {}).get("videomamba")
+        tor = by.get((size, T, "torch"), {}).get("videomambapro")
+        t = lambda r: r["fwd_bwd_ms"] if r else None  # noqa: E731
+        frac = lambda r, k: f"{r[k] / peak_GBps:.2f}" if r and peak_GBps == peak_GBps else "-"  # noqa: E731
+        out.append(f"{size:8s} {T:3d} {bk:8s} {t(pro) or float('nan'):9.2f} {t(plain) or float('nan'):9.2f} "
+                   f"{r_(t(pro), t(plain)):>9s} {r_(t(pro), t(up)):>9s} {r_(t(tor), t(pro)):>9s} "
+                   f"{frac(pro, 'fwd_GBps'):>7s} {frac(pro, 'bwd_GBps'):>7s}")
+    return "\n".join(out)
+
+
+def parse_layer_args(argv=None):
+    p = _bench.gpu_parser("bench_scan.py layer: " + LAYER_DOC)
+    _bench.add_dtype(p)
+    p.add_argument("--peak_GBps", type=float, default=None,
+                   help="device memory bandwidth for the floor (default: measured with a large device copy)")
+    p.add_argument("--key_figures", nargs="+", default=None, metavar="JSON",
+                   help="print the one-line key figures of earlier --json files (this mode's and bench_model.py "
+                        "backends') and exit (scripts/device_check.sh)")
+    return p.parse_args(argv)
+
+
+LAYER_DOC = "one bidirectional layer per scan backend on a GPU: times, bandwidth vs the floor"
+
+
+def layer_main(argv=None):
+    args = parse_layer_args(argv)
+    if args.key_figures:
+        rows = []
+        for path in args.key_figures:
+            with open(path) as f:
+                rows += json.load(f)
+        print(_bench.key_figures(rows))
+        return 0
+    peak = []
+
+    def bench(device, timer, rows):
+        peak.append(args.peak_GBps or measure_peak_bandwidth(device, timer))
+        if device.type == "cuda":
+            print(f"device copy bandwidth: {peak[0]:.0f} GB/s", flush=True)
+        bench_layer(args, device, _bench.torch_dtype(args.dtype), timer, rows)
+        for r in rows:
+            if "skipped" not in r and peak[0] == peak[0]:
+                r["peak_GBps"] = peak[0]  # the floor's reference, for readers of --json
+
+    return _bench.run(args, "bench_scan.py layer", bench, lambda rows: summarize(rows, peak[0]))[0]
+
+
 # ------------------------------------------------------------------ driver
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["layer"]:
+        return layer_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--lengths", default="1569,3137,12545",

@@ -3,8 +3,9 @@
 # key figure); exit status 1 if any check failed.
 #
 #   1. gpu tests     python -m pytest -m gpu -q (full-size Triton kernels vs the reference, fp32 / bf16)
-#   2. bench         scripts/bench_gpu.py at the Ti and S shapes, 8 frames: fused Triton scan vs two mamba-ssm
-#                    calls (when installed), fraction of the bandwidth floor, VideoMambaPro / VideoMamba step
+#   2. bench         scripts/bench_scan.py layer + bench_model.py backends at the Ti and S shapes, 8 frames: fused
+#                    Triton scan vs two mamba-ssm calls (when installed), fraction of the bandwidth floor,
+#                    VideoMambaPro / VideoMamba step
 #   2b. step64       one 64-frame training step, Pro-Ti vs TimeSformer-Ti (224, batch 8, bf16): clips/s and peak
 #                    MiB side by side, with --mixer_recompute inner (the default) and all (the leanest)
 #   2c. split        torch.profiler split of one Pro-Ti / TimeSformer-Ti block step at 64 frames (224, batch 8,
@@ -89,7 +90,7 @@ key_split() {  # "videomambapro_tiny X ms (scan S%, GEMM G%); timesformer_tiny .
 
 key_tests() { grep -E '[0-9]+ (passed|failed|errors?|tests? collected)' "$1" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//'; }
 
-key_bench() { "$PYTHON" scripts/bench_gpu.py --key_figures "$WORK/bench.json"; }
+key_bench() { "$PYTHON" scripts/bench_scan.py layer --key_figures "$WORK/bench_scan.json" "$WORK/bench_model.json"; }
 
 key_data() { grep -Eo 'train [0-9]+ videos' "$1" | tail -n 1; }
 
@@ -124,8 +125,9 @@ if [ "$MODE" = gpu ]; then
         exit 2
     fi
     run "gpu tests" "${TIMEOUT_TESTS:-80}" key_tests "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
-    run bench "${TIMEOUT_BENCH:-120}" key_bench "$PYTHON" scripts/bench_gpu.py --sizes Ti S --frames 8 \
-        --backends triton cuda --json "$WORK/bench.json"
+    run bench "${TIMEOUT_BENCH:-120}" key_bench bash -c '"$1" scripts/bench_scan.py layer --sizes Ti S --frames 8 \
+        --backends triton cuda --json "$2/bench_scan.json" && "$1" scripts/bench_model.py backends --sizes Ti S \
+        --frames 8 --backends triton cuda --json "$2/bench_model.json"' bench "$PYTHON" "$WORK"
     # 64-frame training step, Pro-Ti vs TimeSformer-Ti (224, batch 8, bf16): clips/s and peak GiB, for each mixer
     # recompute mode (inner is the training default; all keeps only each mixer's input: decides the default)
     for mode in inner all; do
@@ -147,9 +149,10 @@ else
     # the same commands, checked without a GPU: tests collected, bench flags parsed, a tiny dataset, and the
     # recipe with every override through DRY_RUN=1 (flags parsed by the entry point, model on meta, lists read)
     run "gpu tests" 300 key_tests "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider --collect-only
-    run bench 120 none "$PYTHON" -c "import sys; sys.path.insert(0, 'scripts'); import bench_gpu as b; \
-a = b.parse_args(['--sizes', 'Ti', 'S', '--frames', '8', '--backends', 'triton', 'cuda', '--json', 'x.json']); \
-assert a.sizes == ['Ti', 'S'] and a.model and a.scan"
+    run bench 120 none "$PYTHON" -c "import sys; sys.path.insert(0, 'scripts'); import bench_scan as b, bench_model as bm; \
+a = b.parse_layer_args(['--sizes', 'Ti', 'S', '--frames', '8', '--backends', 'triton', 'cuda', '--json', 'x.json']); \
+m = bm.parse_backends_args(['--sizes', 'Ti', 'S', '--frames', '8', '--backends', 'triton', 'cuda', '--json', 'y.json']); \
+assert a.sizes == m.sizes == ['Ti', 'S'] and a.backends == m.backends == ['triton', 'cuda']"
     run "step64 inner" 120 none "$PYTHON" -c "import sys; sys.path.insert(0, 'scripts'); import bench_model as b; \
 a = b.parse_args(['--models', 'videomambapro_tiny', 'timesformer_tiny', '--frames', '64', '--img_size', '224', \
 '--batch_size', '8', '--bf16', '--iters', '2', '--mixer_recompute', 'none']); assert a.mixer_recompute == 'none'"

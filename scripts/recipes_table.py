@@ -66,11 +66,6 @@ def upstream_script(rel: str) -> str:
     return f"video_sm/exp/{ds}/videomamba_{size}/run_{stage}.sh"
 
 
-def _own_stage(rel: str) -> str:
-    return ("our 64x224 run (work_dirs/{}_f64_res224)".format(rel.split("/")[1].split("_f")[0]) if "k400" in rel
-            else "our SSV2 16x224 run (work_dirs/ssv2_{}_f16_res224)".format(rel.split("/")[1].split("_f")[0]))
-
-
 # (recipe, field) -> why we differ on purpose. Everything else must equal upstream.
 INTENDED = {}
 for _s in SIZES:

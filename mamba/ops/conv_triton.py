@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from ._util import check_triton_runs_on
+
 try:
     import triton
     import triton.language as tl
@@ -68,25 +70,35 @@ if triton is not None:
         return p
 
     @triton.jit
-    def _conv_fwd_kernel(
-        x_ptr, sx_b, sx_c, sx_l, w0_ptr, b0_ptr, w1_ptr, b1_ptr,
-        o0_ptr, so0_b, so0_c, so0_l, o1_ptr, so1_b, so1_c, so1_l, L, E,
-        W: tl.constexpr, HAS_BIAS: tl.constexpr, NDIR: tl.constexpr, BLOCK_C: tl.constexpr,
-        BLOCK_T: tl.constexpr, ACC: tl.constexpr,
-    ):
+    def _tile(sx_b, sx_c, L, E, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+        """The program's tile (grid (steps, channels, batch)): batch row, BLOCK_C channels, BLOCK_T steps (2-D),
+        the channel and tile masks and x's row offsets."""
         pid_b = tl.program_id(2)
         offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]
         mask_c = offs_c < E
         m = mask_c[:, None] & (t < L)
         base = pid_b * sx_b + offs_c[:, None] * sx_c
-        bias0 = tl.load(b0_ptr + offs_c, mask=mask_c, other=0.0).to(ACC) if HAS_BIAS else tl.zeros((BLOCK_C,), ACC)
+        return pid_b, offs_c, t, mask_c, m, base
+
+    @triton.jit
+    def _bias(b_ptr, offs_c, mask_c, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        return tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(ACC) if HAS_BIAS else tl.zeros((BLOCK_C,), ACC)
+
+    @triton.jit
+    def _conv_fwd_kernel(
+        x_ptr, sx_b, sx_c, sx_l, w0_ptr, b0_ptr, w1_ptr, b1_ptr,
+        o0_ptr, so0_b, so0_c, so0_l, o1_ptr, so1_b, so1_c, so1_l, L, E,
+        W: tl.constexpr, HAS_BIAS: tl.constexpr, NDIR: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_T: tl.constexpr, ACC: tl.constexpr,
+    ):
+        pid_b, offs_c, t, mask_c, m, base = _tile(sx_b, sx_c, L, E, BLOCK_C, BLOCK_T)
+        bias0 = _bias(b0_ptr, offs_c, mask_c, HAS_BIAS, BLOCK_C, ACC)
         p0 = _pre(x_ptr, base, sx_l, w0_ptr, bias0, offs_c, mask_c, t, L, 0, 1, W, ACC)
         tl.store(o0_ptr + pid_b * so0_b + offs_c[:, None] * so0_c + t * so0_l,
                  _silu(p0).to(o0_ptr.dtype.element_ty), mask=m)
         if NDIR == 2:
-            bias1 = tl.load(b1_ptr + offs_c, mask=mask_c, other=0.0).to(ACC) if HAS_BIAS \
-                else tl.zeros((BLOCK_C,), ACC)
+            bias1 = _bias(b1_ptr, offs_c, mask_c, HAS_BIAS, BLOCK_C, ACC)
             p1 = _pre(x_ptr, base, sx_l, w1_ptr, bias1, offs_c, mask_c, t, L, 0, -1, W, ACC)
             tl.store(o1_ptr + pid_b * so1_b + offs_c[:, None] * so1_c + t * so1_l,
                      _silu(p1).to(o1_ptr.dtype.element_ty), mask=m)
@@ -126,19 +138,13 @@ if triton is not None:
         W: tl.constexpr, HAS_BIAS: tl.constexpr, NDIR: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_T: tl.constexpr, ACC: tl.constexpr,
     ):
-        pid_b = tl.program_id(2)
-        offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]
-        mask_c = offs_c < E
-        m = mask_c[:, None] & (t < L)
-        base = pid_b * sx_b + offs_c[:, None] * sx_c
+        pid_b, offs_c, t, mask_c, m, base = _tile(sx_b, sx_c, L, E, BLOCK_C, BLOCK_T)
         dx = tl.zeros((BLOCK_C, BLOCK_T), dtype=ACC)
-        bias0 = tl.load(b0_ptr + offs_c, mask=mask_c, other=0.0).to(ACC) if HAS_BIAS else tl.zeros((BLOCK_C,), ACC)
+        bias0 = _bias(b0_ptr, offs_c, mask_c, HAS_BIAS, BLOCK_C, ACC)
         dx = _conv_bwd_dir(x_ptr, base, sx_l, g0_ptr, pid_b * sg0_b + offs_c[:, None] * sg0_c, sg0_l, w0_ptr, bias0,
                            dw0_ptr, db0_ptr, offs_c, mask_c, t, L, dx, 1, W, HAS_BIAS, ACC)
         if NDIR == 2:
-            bias1 = tl.load(b1_ptr + offs_c, mask=mask_c, other=0.0).to(ACC) if HAS_BIAS \
-                else tl.zeros((BLOCK_C,), ACC)
+            bias1 = _bias(b1_ptr, offs_c, mask_c, HAS_BIAS, BLOCK_C, ACC)
             dx = _conv_bwd_dir(x_ptr, base, sx_l, g1_ptr, pid_b * sg1_b + offs_c[:, None] * sg1_c, sg1_l, w1_ptr,
                                bias1, dw1_ptr, db1_ptr, offs_c, mask_c, t, L, dx, -1, W, HAS_BIAS, ACC)
         tl.store(dx_ptr + pid_b * sdx_b + offs_c[:, None] * sdx_c + t * sdx_l, dx.to(dx_ptr.dtype.element_ty),
@@ -148,20 +154,7 @@ if triton is not None:
 def _require(x):
     if triton is None:
         raise RuntimeError("the triton conv needs triton (pip install triton; it ships with CUDA builds of torch)")
-    if x.device.type != "cuda" and not _recording():
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(_conv_fwd_kernel, InterpretedFunction):
-            raise RuntimeError(
-                f"the triton conv got tensors on {x.device.type}: Triton kernels run on CUDA GPUs, or on the CPU "
-                "through the interpreter when TRITON_INTERPRET=1 is set before mamba.ops.conv_triton is imported")
-
-
-def _recording():
-    import sys
-
-    aot = sys.modules.get("mamba.ops.triton_aot")
-    return aot is not None and aot.is_recording()
+    check_triton_runs_on(x, _conv_fwd_kernel, "conv", __name__)
 
 
 def _acc(x):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ._util import check_triton_runs_on, save_norm
+
 try:
     import triton
     import triton.language as tl
@@ -90,18 +92,7 @@ if triton is not None:
 def _require(x):
     if triton is None:
         raise RuntimeError("the triton RMSNorm needs triton (pip install triton; it ships with CUDA builds of torch)")
-    if x.device.type != "cuda":
-        import sys
-
-        aot = sys.modules.get("mamba.ops.triton_aot")
-        if aot is not None and aot.is_recording():
-            return
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(_norm_fwd_kernel, InterpretedFunction):
-            raise RuntimeError(
-                f"the triton RMSNorm got tensors on {x.device.type}: Triton kernels run on CUDA GPUs, or on the CPU "
-                "through the interpreter when TRITON_INTERPRET=1 is set before mamba.ops.rms_norm_triton is imported")
+    check_triton_runs_on(x, _norm_fwd_kernel, "RMSNorm", __name__)
 
 
 def _acc(ct):
@@ -132,8 +123,7 @@ class AddRMSNormTriton(torch.autograd.Function):
         _norm_fwd_kernel[(-(-M // tile["BLOCK_M"]),)](
             xc, res if res is not None else xc, weight, out, r, rstd, M, d, float(eps), HAS_RES=res is not None,
             BLOCK_M=tile["BLOCK_M"], BLOCK_D=tile["BLOCK_D"], ACC=_acc(ct), num_warps=tile["num_warps"])
-        ctx.save_for_backward(r, rstd, weight)
-        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+        save_norm(ctx, r, rstd, weight, x, residual)
         return out, r
 
     @staticmethod

@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._util import pair as _pair
+
 __all__ = ["selective_scan_torch", "bi_selective_scan_torch", "ChunkedScanFn", "DEFAULT_CHUNK_SIZE"]
 
 DEFAULT_CHUNK_SIZE = 128
@@ -233,10 +235,6 @@ def selective_scan_torch(
         y = y * F.silu(z.to(ct))
     out = y.to(dtype_in)
     return (out, last) if return_last_state else out
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def bi_selective_scan_torch(

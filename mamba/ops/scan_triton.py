@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 import torch
 
 from . import triton_aot
+from ._util import check_triton_runs_on
+from ._util import pair as _pair
 
 try:  # triton is optional: the error below says what to install
     import triton
@@ -56,7 +57,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     tl = None
 
 __all__ = ["selective_scan_triton", "bi_selective_scan_triton", "bi_scan_fwd", "bi_scan_bwd", "triton_scan_config",
-           "scan_tile", "scan_launch_plan", "launch_plan", "DEFAULT_TILE", "TILE_TABLE"]
+           "scan_tile", "scan_launch_plan", "DEFAULT_TILE", "TILE_TABLE"]
 
 _INSTALL = (
     "the triton scan backend needs triton (pip install triton; it ships with CUDA builds of torch). "
@@ -69,7 +70,7 @@ _INSTALL = (
 # the forward kernels use 70-110 registers and do not spill (see SCAN_FWD_MAXNREG); the backward needs ~110-170
 # registers almost independently of the steps per thread (per-thread addresses and scalars), so at 16 warps
 # (capped at 128 registers: one program of 16 warps per SM) some variants spill 8-32 bytes (see _opaque).
-# `scripts/bench_gpu.py --sweep` times candidates on a GPU.
+# `scripts/tune_tiles.py` times candidates on a GPU.
 DEFAULT_TILE = {"block_d": 1, "chunk": 2048, "num_warps": 16}
 # registers per thread the scan forward may use (ptxas's .maxnreg) at 4 and 8 warps: left to itself ptxas aims at
 # a higher occupancy and spills (at 8 warps: 80 registers, 16 bytes of spills); under 128 it takes ~105 and does
@@ -127,18 +128,6 @@ def scan_launch_plan(b: int, E: int, l: int, ndir: int = 2) -> dict:
     grid = (_cdiv(E, tile["block_d"]), b)
     return dict(programs=grid[0] * grid[1], grid=grid, chunk=tile["chunk"], chunks_per_direction=k,
                 chunk_iterations=ndir * k, launches=dict(fwd=1, bwd=1), tile=tile)
-
-
-def launch_plan(kernel, grid, args, kwargs) -> dict:
-    """Programs and sequential chunk iterations of one recorded launch (``triton_aot.recording``) of this module's
-    kernels: read from the launch itself (grid, the NCHUNK argument, the NDIR and CHUNK constexprs)."""
-    names = kernel.arg_names
-    nchunk = args[names.index("NCHUNK")]
-    programs = 1
-    for g in grid:
-        programs *= g
-    return dict(kernel=triton_aot.kernel_name(kernel), programs=programs, chunk=kwargs["CHUNK"],
-                chunks_per_direction=nchunk, chunk_iterations=kwargs["NDIR"] * nchunk)
 
 
 def _require_triton():
@@ -504,14 +493,7 @@ if triton is not None:
 
 def _check_runs_here(u: torch.Tensor):
     _require_triton()
-    if u.device.type != "cuda" and not triton_aot.is_recording():
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(_scan_fwd_kernel, InterpretedFunction):
-            raise RuntimeError(
-                f"the triton scan got tensors on {u.device.type}: Triton kernels run on CUDA GPUs, or on the CPU "
-                "through the interpreter when TRITON_INTERPRET=1 is set before mamba.ops.scan_triton is imported"
-            )
+    check_triton_runs_on(u, _scan_fwd_kernel, "scan", __name__)
 
 
 def _acc_dtype(x: torch.Tensor):
@@ -535,10 +517,6 @@ def _prep_bc(X: torch.Tensor, name: str, b: int, n: int, l: int) -> torch.Tensor
     return X
 
 
-def _pairs(v, ndir):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * ndir
-
-
 def _normalize(u, dt, A, B, C, D, dt_bias, z, W_dt, a_log, residual, masked):
     """Validated per-direction inputs of bi_scan_fwd / bi_scan_bwd (see there) as a dict of tuples."""
     if not isinstance(u, (tuple, list)):
@@ -554,7 +532,7 @@ def _normalize(u, dt, A, B, C, D, dt_bias, z, W_dt, a_log, residual, masked):
         if not isinstance(X, (tuple, list)) or len(X) != ndir:
             raise ValueError(f"{name} must be a sequence with one entry per direction ({ndir})")
         seqs[name] = tuple(X)
-    residual, masked = _pairs(residual, ndir), _pairs(masked, ndir)
+    residual, masked = _pair(residual, ndir), _pair(masked, ndir)
     if len(residual) != ndir or len(masked) != ndir:
         raise ValueError(f"residual and masked need one flag per direction ({ndir})")
     if u[0].dim() != 3:
@@ -702,7 +680,7 @@ def _backward(p, dout, states, *, softplus, drop_D, scale, want_out_z, dest, til
     g = {}
     for name in _GRAD_NAMES:
         given = dest.get(name)
-        given = _pairs(given, ndir) if given is not None else (None,) * ndir
+        given = _pair(given, ndir) if given is not None else (None,) * ndir
         if len(given) != ndir:
             raise ValueError(f"{name} must have one destination per direction ({ndir})")
         acc = name in accumulated
@@ -866,10 +844,6 @@ def selective_scan_triton(
     return _ScanFn.apply(cfg, z, u, delta, A, B, C, D, delta_bias)
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
 def bi_selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
     *, residual=(True, True), masked=(False, True), mask_drops_D=False, average=False,
@@ -897,153 +871,23 @@ def bi_selective_scan_triton(
 
 
 # ----------------------------------------------------------------------------------------------------
-# ahead-of-time compilation for real GPUs, without one (tests/ops/test_scan_triton_aot.py, bench_gpu.py)
-
-# VideoMambaPro flag combinations of one bidirectional layer ("gate": z given). Per-direction residual options
-# launch kernels with the same constexpr sets as these.
-AOT_VARIANTS = {
-    f"{name}{'+dropD' if drop else ''}{'' if gate else '-nogate'}": dict(
-        residual=(res, res), masked=(False, mask), mask_drops_D=drop, gate=gate)
-    for name, res, mask in (("videomambapro", True, True), ("videomamba", False, False),
-                            ("mask-only", False, True), ("residual-only", True, False))
-    for drop in ((False, True) if mask else (False,))
-    for gate in (True, False)
-}
-# tensor layouts of the scan inputs: "mixer" = feature-major (channels, b * l) rows as the fused mixer passes them
-# (per-batch views with strides (l, b * l, 1)); "contiguous" = dense (b, ., l)
-AOT_LAYOUTS = ("mixer", "contiguous")
-# entries: "mixer" = bi_scan_fwd / bi_scan_bwd with W_dt @ dt_low, A_log, out_z and destinations (the trained path);
-# "bi" = bi_selective_scan_triton (delta tensor, A); "single" = selective_scan_triton with return_last_state
-AOT_ENTRIES = ("mixer", "bi", "single")
-
-
-def _aot_inputs(b, E, N, l, R, dtype, layout, gate, low_rank):
-    """CPU stand-ins for one layer's scan inputs (both directions) with the strides a real call has."""
-    M = b * l
-
-    def rows(buf):  # (C, M) feature-major -> per-batch view (b, C, l) with strides (l, M, 1)
-        return buf.view(buf.shape[0], b, l).permute(1, 0, 2)
-
-    def dense(c, dt=dtype):
-        return torch.zeros(b, c, l, dtype=dt)
-
-    if layout == "mixer":
-        ub = torch.zeros(2, E, M, dtype=dtype)
-        dbc = torch.zeros(2, R + 2 * N, M, dtype=dtype)
-        u = [rows(ub[i]) for i in range(2)]
-        dt = [rows(dbc[i, :R]) if low_rank else rows(torch.zeros(E, M, dtype=dtype)) for i in range(2)]
-        B = [rows(dbc[i, R:R + N]) for i in range(2)]
-        C = [rows(dbc[i, R + N:]) for i in range(2)]
-        z = rows(torch.zeros(2 * E, M, dtype=dtype)[E:]) if gate else None
-    elif layout == "contiguous":
-        u = [dense(E) for _ in range(2)]
-        dt = [dense(R if low_rank else E) for _ in range(2)]
-        B = [dense(N) for _ in range(2)]
-        C = [dense(N) for _ in range(2)]
-        z = dense(E) if gate else None
-    else:
-        raise ValueError(f"layout must be one of {AOT_LAYOUTS}, got {layout!r}")
-    A = [-torch.ones(E, N) for _ in range(2)]
-    D = [torch.ones(E) for _ in range(2)]
-    bias = [torch.zeros(E) for _ in range(2)]
-    W = [torch.zeros(E, R) for _ in range(2)] if low_rank else None
-    return u, dt, A, B, C, D, bias, z, W
-
-
-def record_launches(variant, *, tile=None, dtype=torch.bfloat16, layout="mixer", entry="mixer", b=2, E=384, N=16,
-                    l=1569, dt_rank=12):
-    """Every kernel launch (kernel, grid, args, kwargs) one forward + backward of a layer makes.
-
-    ``variant`` is a key of AOT_VARIANTS (or its dict); ``entry`` one of AOT_ENTRIES. Runs the real host code on
-    CPU tensors shaped like a VideoMamba-Ti layer at 8 frames (E = 384, l = 1569) with the kernels replaced by
-    recorders, so the launches carry exactly the constexprs, dtypes, strides and alignments a GPU run would
-    specialize on. ``single`` records the single-direction entry with the backward direction's options.
-    """
-    v = AOT_VARIANTS[variant] if isinstance(variant, str) else variant
-    if entry not in AOT_ENTRIES:
-        raise ValueError(f"entry must be one of {AOT_ENTRIES}, got {entry!r}")
-    low_rank = entry == "mixer"
-    u, dt, A, B, C, D, bias, z, W = _aot_inputs(b, E, N, l, dt_rank, dtype, layout, v["gate"], low_rank)
-    flags = dict(residual=v["residual"], masked=v["masked"])
-    with contextlib.ExitStack() as stack:
-        calls = stack.enter_context(triton_aot.recording(sys.modules[__name__]))
-        if tile is not None:
-            stack.enter_context(triton_scan_config(**tile))
-        if entry == "mixer":  # as the fused mixer calls it: destinations in its gradient buffers
-            kw = dict(W_dt=W, a_log=True, drop_D=v["mask_drops_D"], **flags)
-            y = torch.zeros(E, b * l, dtype=dtype).view(E, b, l).permute(1, 0, 2)
-            out, states = bi_scan_fwd(u, dt, A, B, C, D, bias, z, out=y, save_states=True, **kw)
-            M = b * l
-            dxz = torch.zeros(2 * E, M, dtype=dtype)
-            du = torch.zeros(2, E, M, dtype=dtype)
-            ddbc = torch.zeros(2, dt_rank + 2 * N, M)
-
-            def rows(buf):
-                return buf.view(buf.shape[0], b, l).permute(1, 0, 2)
-
-            bi_scan_bwd(u, dt, A, B, C, D, bias, z, out, states=states, want_out_z=True,
-                        du=[rows(du[i]) for i in range(2)], ddt=[rows(ddbc[i, :dt_rank]) for i in range(2)],
-                        dB=[rows(ddbc[i, dt_rank:dt_rank + N]) for i in range(2)],
-                        dC=[rows(ddbc[i, dt_rank + N:]) for i in range(2)], dz=rows(dxz[E:]) if z is not None else None,
-                        out_z=rows(torch.zeros(E, M, dtype=dtype)), **kw)
-        else:
-            leaves = [[x.requires_grad_() for x in seq] for seq in (u, dt, A, B, C, D, bias)]
-            u, dt, A, B, C, D, bias = leaves
-            if z is not None:
-                z.requires_grad_()
-            if entry == "bi":
-                out = bi_selective_scan_triton(u, dt, A, B, C, D, z, bias, True, mask_drops_D=v["mask_drops_D"],
-                                               **flags)
-            else:
-                out, _ = selective_scan_triton(u[0], dt[0], A[0], B[0], C[0], D[0], z, bias[0], True, True,
-                                               residual=v["residual"][1], masked=v["masked"][1],
-                                               mask_drops_D=v["mask_drops_D"])
-            out.backward(torch.zeros_like(out))
-    return calls
-
-
-_ROLE_KEYS = ("RESIDUAL0", "MASKED0", "RESIDUAL1", "MASKED1", "DROP_D", "LOW_RANK", "A_LOG", "HAS_Z", "WANT_OZ",
-              "SAVE_LAST")
-
-
-def describe_launch(kernel, kwargs) -> str:
-    """Short name of a launch: kernel, directions and its set flags, e.g. ``bwd x2 RESIDUAL0+...+HAS_Z``."""
-    flags = "+".join(k for k in _ROLE_KEYS if kwargs.get(k) is True) or "-"
-    name = triton_aot.kernel_name(kernel).replace("_scan_", "").replace("_kernel", "")
-    return f"{name} x{kwargs.get('NDIR', 1)} {flags}"
-
+# ahead-of-time compilation (the kernel-module protocol of ``mamba.ops.triton_aot``, where the scan's jobs live)
 
 AOT_KERNELS = ("_scan_fwd_kernel", "_scan_bwd_kernel")
 
 
 def aot_jobs(matrix: str) -> list:
-    """AOT jobs (see ``mamba.ops.triton_aot``): ``default`` the default tile on the mixer entry's VideoMambaPro and
-    VideoMamba layers (bf16, feature-major) and the public bidirectional entry on fp32 contiguous inputs; ``table``
-    every other TILE_TABLE tile on the mixer's VideoMambaPro layer; ``full`` every flag combination x fp32/bf16 x
-    entries x layouts on the default tile, and every flag combination of the mixer entry on every table tile."""
-    other_tiles = [t for *_, t in TILE_TABLE if t != DEFAULT_TILE]
-    if matrix == "default":
-        return ([dict(variant=v) for v in ("videomambapro", "videomamba")]
-                + [dict(variant="videomambapro", dtype="fp32", layout="contiguous", entry="bi")])
-    if matrix == "table":
-        return [dict(variant="videomambapro", tile=t) for t in other_tiles]
-    if matrix == "full":
-        return ([dict(variant=v, dtype=dt, layout=lay, entry=e) for v in AOT_VARIANTS for dt in ("bf16", "fp32")
-                 for lay in AOT_LAYOUTS for e in AOT_ENTRIES]
-                + [dict(variant=v, tile=t, dtype=dt) for t in other_tiles for v in AOT_VARIANTS
-                   for dt in ("bf16", "fp32")])
-    raise ValueError(f"matrix must be default, table or full, got {matrix!r}")
+    """AOT jobs of the scan kernels: ``triton_aot.scan_aot_jobs``."""
+    return triton_aot.scan_aot_jobs(matrix)
 
 
 def aot_record(job: dict) -> list:
-    """The launches of one AOT job (see ``aot_jobs``)."""
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    tile = {**DEFAULT_TILE, **(job.get("tile") or {})}
-    return record_launches(job["variant"], tile=tile, dtype=dtypes[job.get("dtype", "bf16")],
-                           layout=job.get("layout", "mixer"), entry=job.get("entry", "mixer"))
+    """The launches of one AOT job: ``triton_aot.scan_aot_record``."""
+    return triton_aot.scan_aot_record(job)
 
 
-aot_describe = describe_launch
+def aot_describe(kernel, kwargs) -> str:
+    return triton_aot.describe_scan_launch(kernel, kwargs)
 
 
 for _k in _TILE_KEYS:  # VMP_TRITON_BLOCK_D / _CHUNK / _NUM_WARPS: force a tile (benchmarks, tuning)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._util import pair as _pair
 from .backend import resolve_backend
 
 __all__ = ["selective_scan_fn", "selective_scan_ref", "bi_selective_scan_fn", "bi_selective_scan_ref",
@@ -122,10 +123,6 @@ def selective_scan_fn(
     else:  # pragma: no cover - resolve_backend only returns the names above
         raise AssertionError(backend)
     return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **kw)
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def bi_selective_scan_ref(

@@ -14,7 +14,12 @@ A kernel module takes part by defining:
   stand-in tensors inside :func:`recording` and returns the recorded launches;
 * optionally ``aot_describe(kernel, kwargs) -> str``: a short name of a launch (role flags), for tables.
 
-Used by ``tests/ops/test_scan_triton_aot.py`` (fails on any spill) and ``scripts/profile_block.py``.
+The scan kernels' jobs are written here (``record_scan_launches``: one layer's forward and backward through the
+real host code; ``scan_aot_jobs``, ``scan_aot_record``, ``describe_scan_launch``; ``recorded_scan_plan`` reads a
+recorded scan launch's programs and chunk iterations); ``mamba/ops/scan_triton.py`` delegates its protocol to them.
+
+Used by ``tests/ops/test_scan_triton_aot.py`` (fails on any spill), ``scripts/profile_block.py`` and
+``scripts/tune_tiles.py`` (``ptxas_usage``: the one reader of registers and spills).
 Importing this module needs triton; compiling needs ``TRITON_INTERPRET`` unset when the kernel module was imported.
 """
 from __future__ import annotations
@@ -29,7 +34,9 @@ import time
 import torch
 
 __all__ = ["LaunchRecorder", "recording", "is_recording", "compile_launch", "ptxas_usage", "launch_key",
-           "kernel_name", "occupancy", "aot_report", "SM_LIMITS"]
+           "kernel_name", "occupancy", "aot_report", "SM_LIMITS", "record_scan_launches", "recorded_scan_plan",
+           "describe_scan_launch", "scan_aot_jobs", "scan_aot_record", "SCAN_VARIANTS", "SCAN_LAYOUTS",
+           "SCAN_ENTRIES"]
 
 # per-SM limits used for occupancy: registers, shared memory (bytes usable by blocks), warps, blocks
 SM_LIMITS = {
@@ -192,3 +199,166 @@ def aot_report(modules, matrix: str = "default", archs=(80, 90), *, log=None) ->
                     if log is not None:
                         log(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# the selective scan's jobs (``mamba.ops.scan_triton`` delegates its aot_jobs / aot_record / aot_describe here)
+
+def recorded_scan_plan(kernel, grid, args, kwargs) -> dict:
+    """Programs and sequential chunk iterations of one recorded launch (:func:`recording`) of the scan
+    kernels (``mamba.ops.scan_triton``): read from the launch itself (grid, the NCHUNK argument, the NDIR and CHUNK constexprs)."""
+    names = kernel.arg_names
+    nchunk = args[names.index("NCHUNK")]
+    programs = 1
+    for g in grid:
+        programs *= g
+    return dict(kernel=kernel_name(kernel), programs=programs, chunk=kwargs["CHUNK"],
+                chunks_per_direction=nchunk, chunk_iterations=kwargs["NDIR"] * nchunk)
+
+
+
+# VideoMambaPro flag combinations of one bidirectional layer ("gate": z given). Per-direction residual options
+# launch kernels with the same constexpr sets as these.
+SCAN_VARIANTS = {
+    f"{name}{'+dropD' if drop else ''}{'' if gate else '-nogate'}": dict(
+        residual=(res, res), masked=(False, mask), mask_drops_D=drop, gate=gate)
+    for name, res, mask in (("videomambapro", True, True), ("videomamba", False, False),
+                            ("mask-only", False, True), ("residual-only", True, False))
+    for drop in ((False, True) if mask else (False,))
+    for gate in (True, False)
+}
+# tensor layouts of the scan inputs: "mixer" = feature-major (channels, b * l) rows as the fused mixer passes them
+# (per-batch views with strides (l, b * l, 1)); "contiguous" = dense (b, ., l)
+SCAN_LAYOUTS = ("mixer", "contiguous")
+# entries: "mixer" = bi_scan_fwd / bi_scan_bwd with W_dt @ dt_low, A_log, out_z and destinations (the trained path);
+# "bi" = bi_selective_scan_triton (delta tensor, A); "single" = selective_scan_triton with return_last_state
+SCAN_ENTRIES = ("mixer", "bi", "single")
+
+
+def _scan_inputs(b, E, N, l, R, dtype, layout, gate, low_rank):
+    """CPU stand-ins for one layer's scan inputs (both directions) with the strides a real call has."""
+    M = b * l
+
+    def rows(buf):  # (C, M) feature-major -> per-batch view (b, C, l) with strides (l, M, 1)
+        return buf.view(buf.shape[0], b, l).permute(1, 0, 2)
+
+    def dense(c, dt=dtype):
+        return torch.zeros(b, c, l, dtype=dt)
+
+    if layout == "mixer":
+        ub = torch.zeros(2, E, M, dtype=dtype)
+        dbc = torch.zeros(2, R + 2 * N, M, dtype=dtype)
+        u = [rows(ub[i]) for i in range(2)]
+        dt = [rows(dbc[i, :R]) if low_rank else rows(torch.zeros(E, M, dtype=dtype)) for i in range(2)]
+        B = [rows(dbc[i, R:R + N]) for i in range(2)]
+        C = [rows(dbc[i, R + N:]) for i in range(2)]
+        z = rows(torch.zeros(2 * E, M, dtype=dtype)[E:]) if gate else None
+    elif layout == "contiguous":
+        u = [dense(E) for _ in range(2)]
+        dt = [dense(R if low_rank else E) for _ in range(2)]
+        B = [dense(N) for _ in range(2)]
+        C = [dense(N) for _ in range(2)]
+        z = dense(E) if gate else None
+    else:
+        raise ValueError(f"layout must be one of {SCAN_LAYOUTS}, got {layout!r}")
+    A = [-torch.ones(E, N) for _ in range(2)]
+    D = [torch.ones(E) for _ in range(2)]
+    bias = [torch.zeros(E) for _ in range(2)]
+    W = [torch.zeros(E, R) for _ in range(2)] if low_rank else None
+    return u, dt, A, B, C, D, bias, z, W
+
+
+def record_scan_launches(variant, *, tile=None, dtype=torch.bfloat16, layout="mixer", entry="mixer", b=2, E=384, N=16,
+                    l=1569, dt_rank=12):
+    """Every kernel launch (kernel, grid, args, kwargs) one forward + backward of a layer makes.
+
+    ``variant`` is a key of SCAN_VARIANTS (or its dict); ``entry`` one of SCAN_ENTRIES. Runs the real host code on
+    CPU tensors shaped like a VideoMamba-Ti layer at 8 frames (E = 384, l = 1569) with the kernels replaced by
+    recorders, so the launches carry exactly the constexprs, dtypes, strides and alignments a GPU run would
+    specialize on. ``single`` records the single-direction entry with the backward direction's options.
+    """
+    from . import scan_triton as st
+
+    v = SCAN_VARIANTS[variant] if isinstance(variant, str) else variant
+    if entry not in SCAN_ENTRIES:
+        raise ValueError(f"entry must be one of {SCAN_ENTRIES}, got {entry!r}")
+    low_rank = entry == "mixer"
+    u, dt, A, B, C, D, bias, z, W = _scan_inputs(b, E, N, l, dt_rank, dtype, layout, v["gate"], low_rank)
+    flags = dict(residual=v["residual"], masked=v["masked"])
+    with contextlib.ExitStack() as stack:
+        calls = stack.enter_context(recording(st))
+        if tile is not None:
+            stack.enter_context(st.triton_scan_config(**tile))
+        if entry == "mixer":  # as the fused mixer calls it: destinations in its gradient buffers
+            kw = dict(W_dt=W, a_log=True, drop_D=v["mask_drops_D"], **flags)
+            y = torch.zeros(E, b * l, dtype=dtype).view(E, b, l).permute(1, 0, 2)
+            out, states = st.bi_scan_fwd(u, dt, A, B, C, D, bias, z, out=y, save_states=True, **kw)
+            M = b * l
+            dxz = torch.zeros(2 * E, M, dtype=dtype)
+            du = torch.zeros(2, E, M, dtype=dtype)
+            ddbc = torch.zeros(2, dt_rank + 2 * N, M)
+
+            def rows(buf):
+                return buf.view(buf.shape[0], b, l).permute(1, 0, 2)
+
+            st.bi_scan_bwd(u, dt, A, B, C, D, bias, z, out, states=states, want_out_z=True,
+                        du=[rows(du[i]) for i in range(2)], ddt=[rows(ddbc[i, :dt_rank]) for i in range(2)],
+                        dB=[rows(ddbc[i, dt_rank:dt_rank + N]) for i in range(2)],
+                        dC=[rows(ddbc[i, dt_rank + N:]) for i in range(2)], dz=rows(dxz[E:]) if z is not None else None,
+                        out_z=rows(torch.zeros(E, M, dtype=dtype)), **kw)
+        else:
+            leaves = [[x.requires_grad_() for x in seq] for seq in (u, dt, A, B, C, D, bias)]
+            u, dt, A, B, C, D, bias = leaves
+            if z is not None:
+                z.requires_grad_()
+            if entry == "bi":
+                out = st.bi_selective_scan_triton(u, dt, A, B, C, D, z, bias, True, mask_drops_D=v["mask_drops_D"],
+                                               **flags)
+            else:
+                out, _ = st.selective_scan_triton(u[0], dt[0], A[0], B[0], C[0], D[0], z, bias[0], True, True,
+                                               residual=v["residual"][1], masked=v["masked"][1],
+                                               mask_drops_D=v["mask_drops_D"])
+            out.backward(torch.zeros_like(out))
+    return calls
+
+
+_SCAN_ROLE_KEYS = ("RESIDUAL0", "MASKED0", "RESIDUAL1", "MASKED1", "DROP_D", "LOW_RANK", "A_LOG", "HAS_Z", "WANT_OZ",
+              "SAVE_LAST")
+
+
+def describe_scan_launch(kernel, kwargs) -> str:
+    """Short name of a launch: kernel, directions and its set flags, e.g. ``bwd x2 RESIDUAL0+...+HAS_Z``."""
+    flags = "+".join(k for k in _SCAN_ROLE_KEYS if kwargs.get(k) is True) or "-"
+    name = kernel_name(kernel).replace("_scan_", "").replace("_kernel", "")
+    return f"{name} x{kwargs.get('NDIR', 1)} {flags}"
+
+
+def scan_aot_jobs(matrix: str) -> list:
+    """AOT jobs (see ``mamba.ops.triton_aot``): ``default`` the default tile on the mixer entry's VideoMambaPro and
+    VideoMamba layers (bf16, feature-major) and the public bidirectional entry on fp32 contiguous inputs; ``table``
+    every other TILE_TABLE tile on the mixer's VideoMambaPro layer; ``full`` every flag combination x fp32/bf16 x
+    entries x layouts on the default tile, and every flag combination of the mixer entry on every table tile."""
+    from . import scan_triton as st
+
+    other_tiles = [t for *_, t in st.TILE_TABLE if t != st.DEFAULT_TILE]
+    if matrix == "default":
+        return ([dict(variant=v) for v in ("videomambapro", "videomamba")]
+                + [dict(variant="videomambapro", dtype="fp32", layout="contiguous", entry="bi")])
+    if matrix == "table":
+        return [dict(variant="videomambapro", tile=t) for t in other_tiles]
+    if matrix == "full":
+        return ([dict(variant=v, dtype=dt, layout=lay, entry=e) for v in SCAN_VARIANTS for dt in ("bf16", "fp32")
+                 for lay in SCAN_LAYOUTS for e in SCAN_ENTRIES]
+                + [dict(variant=v, tile=t, dtype=dt) for t in other_tiles for v in SCAN_VARIANTS
+                   for dt in ("bf16", "fp32")])
+    raise ValueError(f"matrix must be default, table or full, got {matrix!r}")
+
+
+def scan_aot_record(job: dict) -> list:
+    """The launches of one AOT job (see ``aot_jobs``)."""
+    from . import scan_triton as st
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    tile = {**st.DEFAULT_TILE, **(job.get("tile") or {})}
+    return record_scan_launches(job["variant"], tile=tile, dtype=dtypes[job.get("dtype", "bf16")],
+                                layout=job.get("layout", "mixer"), entry=job.get("entry", "mixer"))

@@ -11,14 +11,9 @@ import sys
 
 import pytest
 import torch
+from triton_interp import HAS_CUDA, interpreted, interpreter_guards, runs_in_process, use_interpreter
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-
-import triton.language.standard as _tl_standard  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+use_interpreter()  # without CUDA: TRITON_INTERPRET=1 before the first `import triton`
 
 import mamba.ops.bimamba_fused as bf  # noqa: E402
 import mamba.ops.conv_triton as ct  # noqa: E402
@@ -27,8 +22,8 @@ from mamba.modules.bimamba import BiMamba  # noqa: E402
 from mamba.ops.backend import set_scan_backend  # noqa: E402
 from mamba.ops.causal_conv1d import causal_conv1d_ref  # noqa: E402
 
-IN_PROCESS = HAS_CUDA or isinstance(_tl_standard.zeros, InterpretedFunction)
-if IN_PROCESS and not HAS_CUDA and not isinstance(ct._conv_fwd_kernel, InterpretedFunction):
+IN_PROCESS = runs_in_process()
+if IN_PROCESS and not HAS_CUDA and not interpreted(ct._conv_fwd_kernel):
     st, ct = importlib.reload(st), importlib.reload(ct)  # imported earlier without the interpreter
     bf = importlib.reload(bf)
 
@@ -36,20 +31,7 @@ DEV = "cuda" if HAS_CUDA else "cpu"
 SMALL = dict(block_d=8, chunk=8, num_warps=1)  # E=16 -> 2 channel blocks; l=21 -> 3 chunks
 
 
-@pytest.fixture(autouse=True)
-def _needs_in_process(request):
-    if not IN_PROCESS and request.node.originalname != "test_rerun_in_fresh_process":
-        pytest.skip("triton was imported without TRITON_INTERPRET=1; covered by test_rerun_in_fresh_process")
-
-
-@pytest.mark.skipif(IN_PROCESS, reason="the tests ran in this process")
-def test_rerun_in_fresh_process(request):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    markexpr = request.config.getoption("markexpr") or ""
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        *(["-m", markexpr] if markexpr else []), os.path.abspath(__file__)], cwd=root,
-                       env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=3600)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+_needs_in_process, test_rerun_in_fresh_process = interpreter_guards(IN_PROCESS, __file__)
 
 
 @pytest.fixture

@@ -5,45 +5,25 @@ residual stream as a block runs it, widths that are not powers of two and row co
 Without a GPU the kernels run through Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported).
 """
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interp import HAS_CUDA, interpreted, interpreter_guards, runs_in_process, use_interpreter
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-
-import triton.language.standard as _tl_standard  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+use_interpreter()  # without CUDA: TRITON_INTERPRET=1 before the first `import triton`
 
 import mamba.ops.rms_norm_triton as nt  # noqa: E402
 from mamba.ops import rms_norm  # noqa: E402
 from mamba.ops.backend import set_scan_backend  # noqa: E402
 
-IN_PROCESS = HAS_CUDA or isinstance(_tl_standard.zeros, InterpretedFunction)
-if IN_PROCESS and not HAS_CUDA and not isinstance(nt._norm_fwd_kernel, InterpretedFunction):
+IN_PROCESS = runs_in_process()
+if IN_PROCESS and not HAS_CUDA and not interpreted(nt._norm_fwd_kernel):
     nt = importlib.reload(nt)  # imported earlier without the interpreter
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _needs_in_process(request):
-    if not IN_PROCESS and request.node.originalname != "test_rerun_in_fresh_process":
-        pytest.skip("triton was imported without TRITON_INTERPRET=1; covered by test_rerun_in_fresh_process")
-
-
-@pytest.mark.skipif(IN_PROCESS, reason="the tests ran in this process")
-def test_rerun_in_fresh_process(request):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
-                       cwd=root, env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True,
-                       timeout=3600)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+_needs_in_process, test_rerun_in_fresh_process = interpreter_guards(IN_PROCESS, __file__)
 
 
 def _run(fn, x, res, w, gout, gr, ct):

@@ -11,16 +11,9 @@ import sys
 
 import pytest
 import torch
+from triton_interp import HAS_CUDA, interpreted, interpreter_guards, runs_in_process, use_interpreter
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    # read by triton when a kernel is decorated, including triton.language's own helpers: set it before
-    # the first `import triton` (importorskip below imports it)
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-
-import triton.language.standard as _tl_standard  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+use_interpreter()  # without CUDA: TRITON_INTERPRET=1 before the first `import triton`
 
 import mamba.ops.scan_triton as st  # noqa: E402
 from mamba.ops.backend import set_scan_backend  # noqa: E402
@@ -35,26 +28,10 @@ from mamba.ops.selective_scan import (  # noqa: E402
 
 # Another test module may have imported triton before this one set TRITON_INTERPRET: its helpers are then
 # compiled-only and cannot run on the CPU; this file then re-runs itself in a fresh interpreter process.
-IN_PROCESS = HAS_CUDA or isinstance(_tl_standard.zeros, InterpretedFunction)
-if IN_PROCESS and not HAS_CUDA and not isinstance(st._scan_fwd_kernel, InterpretedFunction):
+IN_PROCESS = runs_in_process()
+if IN_PROCESS and not HAS_CUDA and not interpreted(st._scan_fwd_kernel):
     st = importlib.reload(st)  # imported earlier (without the interpreter) by someone else
-
-
-@pytest.fixture(autouse=True)
-def _needs_in_process(request):
-    if not IN_PROCESS and request.node.originalname != "test_rerun_in_fresh_process":
-        pytest.skip("triton was imported without TRITON_INTERPRET=1; covered by test_rerun_in_fresh_process")
-
-
-@pytest.mark.skipif(IN_PROCESS, reason="the tests ran in this process")
-def test_rerun_in_fresh_process(request):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    markexpr = request.config.getoption("markexpr") or ""  # the same selection (-m "not slow") in the child
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(["-m", markexpr] if markexpr
-                        else []), os.path.abspath(__file__)], cwd=root, env=env, capture_output=True, text=True,
-                       timeout=3600)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+_needs_in_process, test_rerun_in_fresh_process = interpreter_guards(IN_PROCESS, __file__)
 
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -510,7 +487,7 @@ def test_launch_plan_at_ti_64_frames():
         st.bi_scan_bwd(u, dt, A, B, C, par, par, rows(E), out, W_dt=W, a_log=True, states=states, want_out_z=True)
     assert [triton_aot.kernel_name(k) for k, *_ in calls] == ["_scan_fwd_kernel", "_scan_bwd_kernel"]
     for call in calls:
-        lp = st.launch_plan(*call)
+        lp = triton_aot.recorded_scan_plan(*call)
         assert (lp["programs"], lp["chunk_iterations"]) == (plan["programs"], plan["chunk_iterations"]), lp
     # saved for the backward: the fp32 chunk-boundary states only, ~27 B per token per layer
     assert states.dtype == torch.float32 and states.shape == (2, b, E, plan["chunks_per_direction"], N)

@@ -3,7 +3,7 @@
 resident per SM (``triton_aot.occupancy``).
 
 The launches compiled are the ones the host code makes: each kernel module's ``aot_record`` (for the scan,
-``mamba.ops.scan_triton.record_launches``) runs a layer's forward and backward on CPU stand-ins (VideoMamba-Ti
+``mamba.ops.triton_aot.record_scan_launches``) runs a layer's forward and backward on CPU stand-ins (VideoMamba-Ti
 shapes, the mixer's feature-major strides) with the kernels replaced by recorders, so each compile carries the
 constexprs, dtypes and alignments a GPU run specializes on. The default suite checks the default tile on the
 mixer entry's VideoMambaPro and VideoMamba layers (bf16, as trained) and the public bidirectional entry on fp32,
