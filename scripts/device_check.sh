@@ -111,9 +111,6 @@ DATA="$WORK/data"
 TRAIN_FLAGS=(--data_set video --nb_classes 4 --split ' ' --data_path "$DATA" --data_root "$DATA"
              --batch_size "$BATCH" --epochs 1 --warmup_epochs 0 --num_workers 8 --save_ckpt_freq 1
              --no_auto_resume --no_test_at_end --print_freq 5)
-if "$PYTHON" run_class_finetuning.py --help 2>/dev/null | grep -q -- '--max_steps_per_epoch'; then
-    TRAIN_FLAGS+=(--max_steps_per_epoch "$STEPS")
-fi
 EVAL_FLAGS=(--data_set video --nb_classes 4 --split ' ' --data_path "$DATA" --data_root "$DATA"
             --batch_size "$BATCH" --num_workers 8 --test_num_segment 2 --test_num_crop 3 --eval
             --resume "$WORK/native/checkpoint-best.pth")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ._util import save_norm
+
 __all__ = ["rms_norm_fn", "RMSNorm"]
 
 
@@ -32,8 +34,7 @@ class _AddRMSNorm(torch.autograd.Function):
         r = x.to(ct, copy=True) if residual is None else x.to(ct) + residual.to(ct)
         rstd = torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps)
         out = (r * rstd * weight.to(ct)).to(x.dtype)
-        ctx.save_for_backward(r, rstd, weight)
-        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+        save_norm(ctx, r, rstd, weight, x, residual)
         return out, r
 
     @staticmethod
