@@ -153,16 +153,33 @@ def resolve_args(args, parser=None, log=_log_once) -> None:
                     f"(--finetune none trains from scratch)")
     if args.nb_classes is None and args.defaults == "videomamba" and args.data_set in ("Kinetics", "Kinetics_sparse"):
         args.nb_classes = 400  # VideoMamba's --nb_classes default
+    honoured = getattr(parser, "honoured", ())
     ignored = [f"--{dest} ({why})" for dest, default, why in IGNORED_UPSTREAM_FLAGS
-               if hasattr(args, dest) and getattr(args, dest) != default]
+               if dest not in honoured and hasattr(args, dest) and getattr(args, dest) != default]
     if ignored:
         log("warning: VideoMamba flags accepted but without effect here: " + "; ".join(ignored))
 
 
-def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data_set_default="Kinetics-400"):
+def str2bool(v) -> bool:
+    """``--flag True`` / ``--flag false`` / ``--flag 1`` (VideoMamba's scripts pass booleans as words)."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got {v!r}")
+
+
+def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data_set_default="Kinetics-400",
+                    honoured=()):
+    """The flags. ``honoured``: dests of IGNORED_UPSTREAM_FLAGS the calling entry point defines itself (with a
+    meaning), e.g. run_videomamba_pretraining.py's --num_segments."""
     p = RecipeArgumentParser(description=description, add_help=True, formatter_class=_GroupedHelp,
                              usage="%(prog)s [--config FILE] [flags, grouped below]")
     p.resolvers += [resolve_args, check_flags]
+    p.honoured = tuple(honoured)
     p.add_argument("--config", default=None, help="YAML file of flag defaults (command-line flags win)")
 
     g = p.add_argument_group("run")
@@ -223,11 +240,13 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
     g.add_argument("--use_decord", dest="use_decord", action="store_true", default=None,
                    help="read videos (VideoMamba's SSV2 switch); default: decided by the list's columns")
     g.add_argument("--no_use_decord", dest="use_decord", action="store_false", help="read raw frames")
-    g.add_argument("--flip", dest="flip", action="store_true", default=None,
-                   help="horizontal flip in training (default: on, off for SSV2)")
+    g.add_argument("--flip", dest="flip", nargs="?", const=True, type=str2bool, default=None,
+                   help="horizontal flip in training (default: on, off for SSV2); also --flip True / --flip False")
     g.add_argument("--no_flip", dest="flip", action="store_false")
     g.add_argument("--use_cls", action="store_false", dest="use_mean_pooling", help=argparse.SUPPRESS)
     for dest, default, why in IGNORED_UPSTREAM_FLAGS:
+        if dest in honoured:
+            continue
         if isinstance(default, bool):
             g.add_argument(f"--{dest}", action="store_true", default=default, help=f"accepted, no effect: {why}")
         else:

@@ -63,8 +63,12 @@ class BadFileTracker:
 def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedule, wd_schedule=None,
                     start_steps: int = 0, num_training_steps_per_epoch: int | None = None, mixup_fn=None,
                     model_ema=None, log_writer=None, on_nonfinite=None, bad_files: BadFileTracker | None = None,
-                    print_freq: int = 10, start_iter: int = 0, guard=None, start_meters: dict | None = None) -> dict:
+                    print_freq: int = 10, start_iter: int = 0, guard=None, start_meters: dict | None = None,
+                    step=None) -> dict:
     """One epoch; lr/wd set per optimizer step from the schedules (index = global optimizer step).
+
+    ``step(model, samples, targets) -> loss``: the loss of a micro-batch when it is not ``criterion(model(x), y)``
+    (masked pretraining: ``targets`` are the token masks, the step runs its teacher / HOG target and the model).
 
     ``start_iter``: the micro-step to start at (a run resumed mid-epoch; the loader's sampler skips the samples
     before it). The process RNGs are seeded per micro-step from (seed, epoch, rank, step), so the step's dropout,
@@ -105,11 +109,15 @@ def train_one_epoch(backend, criterion, data_loader, epoch: int, args, lr_schedu
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
         with backend.autocast():
-            output = model(cast_input(samples, model))
+            if step is not None:
+                output, loss = None, step(model, cast_input(samples, model), targets).float()
+            else:
+                output, loss = model(cast_input(samples, model)), None
             aux = None
             if isinstance(output, (tuple, list)):  # (logits, auxiliary loss), e.g. the distillation wrapper
                 output, aux = output
-            loss = criterion(output.float(), targets)
+            if loss is None:
+                loss = criterion(output.float(), targets)
             if aux is not None:
                 loss = loss + aux.float()
         loss_value = float(loss.item())
@@ -207,9 +215,10 @@ def _log_step(metric_logger, log_writer, backend, loss_value, grad_norm, it, upd
 
 
 def fit(args, loaders, backend, criterion, mixup_fn, model_ema, log_writer, start: ResumeState, n_parameters: int,
-        log=print) -> dict:
+        log=print, step=None) -> dict:
     """The epoch loop of a run, then its final test: each epoch trains, saves the training state, validates and
-    logs (log.txt, summary.csv, TensorBoard). Returns the run's result (best val top-1, final test figures)."""
+    logs (log.txt, summary.csv, TensorBoard). Returns the run's result (best val top-1, final test figures).
+    ``step``: the micro-batch loss when it is not the criterion's (``train_one_epoch``; masked pretraining)."""
     if start.path is not None and is_main_process():
         dropped = drop_epochs_from(args.output_dir, start.epoch)
         if dropped:
@@ -227,7 +236,7 @@ def fit(args, loaders, backend, criterion, mixup_fn, model_ema, log_writer, star
         f"{f' at step {start_iter // args.update_freq}' if start_iter else ''}, "
         f"first lr {lr_schedule[min(first_step, len(lr_schedule) - 1)]:.3e}")
     run = _Run(args, backend, model_ema, start.best, steps_per_epoch,
-               BadFileTracker(args.max_bad_samples, start.bad_files, _train_list_name(args)))
+               BadFileTracker(args.max_bad_samples, start.bad_files, _train_list_name(args)), step)
     t0 = time.time()
     stats = {}
     guard = PreemptionGuard()
@@ -262,9 +271,10 @@ def fit(args, loaders, backend, criterion, mixup_fn, model_ema, log_writer, star
 class _Run:
     """What the epoch loop saves and updates: the best val top-1 so far and the run's unreadable files."""
 
-    def __init__(self, args, backend, model_ema, best: dict, steps_per_epoch: int, bad_files: BadFileTracker):
+    def __init__(self, args, backend, model_ema, best: dict, steps_per_epoch: int, bad_files: BadFileTracker,
+                 step=None):
         self.args, self.backend, self.model_ema, self.best = args, backend, model_ema, best
-        self.steps_per_epoch, self.bad_files = steps_per_epoch, bad_files
+        self.steps_per_epoch, self.bad_files, self.step = steps_per_epoch, bad_files, step
 
     def state(self, epoch=None, resume_iter=None, steps=True) -> dict:
         return client_state(self.args, self.model_ema, self.best, self.bad_files,
@@ -286,7 +296,7 @@ class _Run:
                                    num_training_steps_per_epoch=self.steps_per_epoch, mixup_fn=mixup_fn,
                                    model_ema=self.model_ema, log_writer=log_writer, on_nonfinite=on_nonfinite,
                                    bad_files=self.bad_files, print_freq=args.print_freq, start_iter=start_iter,
-                                   guard=guard, start_meters=start_meters)
+                                   guard=guard, start_meters=start_meters, step=self.step)
         except NonFiniteLossError as e:
             print(f"stopping: {e}")
             dist_utils.cleanup()

@@ -47,6 +47,9 @@ class Wiring:
     model_cfg: Callable | None = None  # (args) -> dict of create_model kwargs (stored in checkpoints)
     check_args: Callable | None = None  # (args) -> list of one-line errors (model name, input size), before any build
     arch_keys: tuple = ARCH_KEYS  # the args that define the network: on resume they come from the checkpoint
+    # (args, model) -> step(model, clips, targets) -> loss: a training loss other than criterion(model(x), y)
+    # (masked pretraining); built once the model is on its device
+    build_step: Callable | None = None
 
 
 class ShardSampler(Sampler):
@@ -163,8 +166,11 @@ def _run(args, wiring: Wiring) -> dict:
         return {"dry_run": True, "n_parameters": n_parameters}
     model_ema = _model_ema(args, model, log)
     backend = build_backend(args, model, groups, lambda g: create_optimizer(args, model, g))
-    criterion = (wiring.build_criterion or (lambda a, m, _model: build_criterion(a, m)))(args, mixup_fn, model)
-    log(f"criterion: {criterion}; back end: {backend.name}; precision: {_precision(args, backend)}")
+    step = wiring.build_step(args, backend.model_without_ddp) if wiring.build_step is not None else None
+    criterion = (None if step is not None else
+                 (wiring.build_criterion or (lambda a, m, _model: build_criterion(a, m)))(args, mixup_fn, model))
+    log(f"{'training step' if step is not None else 'criterion'}: {step if step is not None else criterion}; "
+        f"back end: {backend.name}; precision: {_precision(args, backend)}")
     if start.path is not None:
         start.epoch, start.best, start.bad_files, start.iter = load_resume(args, backend, model_ema, start.path,
                                                                            start.ckpt, reason, log)
@@ -176,7 +182,7 @@ def _run(args, wiring: Wiring) -> dict:
     log_writer = TensorboardLogger(args.log_dir)
     if args.eval:
         return run_eval(args, loaders, backend, backend.autocast, log)
-    result = fit(args, loaders, backend, criterion, mixup_fn, model_ema, log_writer, start, n_parameters, log)
+    result = fit(args, loaders, backend, criterion, mixup_fn, model_ema, log_writer, start, n_parameters, log, step)
     log(f"summary: {json.dumps(to_plain(result))}")
     log_writer.close()
     dist_utils.cleanup()

@@ -47,12 +47,13 @@ def model_kwargs(args) -> dict:
     return kw
 
 
-def build_model(args, meta: bool = False):
+def build_model(args, meta: bool = False, extra: dict | None = None):
+    """``extra``: more create_model kwargs (stored in model_cfg like the others)."""
     import timm
 
     import models  # registers the architectures in timm
 
-    kw = model_kwargs(args)
+    kw = {**model_kwargs(args), **(extra or {})}
     args._model_cfg = dict(kw, model=args.model)
     if args.model not in models.registered_models():
         raise SystemExit(f"error: --model {args.model} is not one of ours (registered by models/: "
@@ -104,6 +105,23 @@ def build_image_model(args, meta: bool = False):
     return build_distill_wrapper(student, teacher, loss_weight=args.distill_weight,
                                  teacher_checkpoint=None if meta else args.teacher_ckpt,
                                  trust_checkpoint=args.trust_checkpoint, style=args.distill_style)
+
+
+CLIP_MODEL_FLAGS = ("clip_decoder_embed_dim", "clip_output_dim", "clip_norm_type", "clip_return_layer",
+                    "clip_student_return_interval")
+
+
+def build_pretrain_model(args, meta: bool = False):
+    """run_videomamba_pretraining.py: the student (``*_pretrain``: CLIP-aligned, ``*_maskfeat``: HOG targets), no
+    classification head; the --clip_* shape flags go to the CLIP-aligned student."""
+    import argparse
+
+    margs = argparse.Namespace(**vars(args))
+    margs.nb_classes = 0
+    extra = {k: getattr(args, k) for k in CLIP_MODEL_FLAGS} if args.objective == "clip" else {}
+    model = build_model(margs, meta=meta, extra=extra)
+    args._model_cfg = margs._model_cfg
+    return model
 
 
 def check_args(args) -> list:
