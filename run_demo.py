@@ -122,11 +122,12 @@ def finetune_flags(a) -> list:
     return argv + extra  # argparse: the last occurrence of a flag wins
 
 
-def demo_wiring(crop_scale: float):
-    """run_class_finetuning's wiring, with the training crop scale set to (crop_scale, 1) on the train dataset."""
+def demo_wiring(crop_scale: float, w=None):
+    """run_class_finetuning's wiring (or ``w``), with the training crop scale set to (crop_scale, 1) on the train
+    dataset."""
     import run_class_finetuning
 
-    w = run_class_finetuning.wiring()
+    w = w or run_class_finetuning.wiring()
     base = w.build_dataset
 
     def build_dataset(is_train, test_mode, args):
