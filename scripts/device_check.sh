@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prove the GPU path on ONE GPU in about 8 minutes (the stage timeouts add up to 580 s), then print one summary table (check, status, seconds,
+# Prove the GPU path on ONE GPU in about 8 minutes (the stage timeouts add up to 620 s), then print one summary table (check, status, seconds,
 # key figure); exit status 1 if any check failed.
 #
 #   1. gpu tests     python -m pytest -m gpu -q (full-size Triton kernels vs the reference, fp32 / bf16)
@@ -10,6 +10,8 @@
 #                    MiB side by side, with --mixer_recompute inner (the default) and all (the leanest)
 #   2c. split        torch.profiler split of one Pro-Ti / TimeSformer-Ti block step at 64 frames (224, batch 8,
 #                    bf16): ms and share of scan, conv, norm, GEMMs, copies/elementwise (profile_block.py)
+#   2d. pretrain     masked-pretraining step vs fine-tuning step, Pro-Ti 8 frames (224, batch 8, bf16, 80% masked):
+#                    the CLIP-aligned student alone, with its CLIP ViT-B/16 teacher (random weights), MaskFeat
 #   3. data          synthetic videos at 224 px, 8 frames (scripts/make_synthetic_dataset.py), sized so one
 #                    epoch is STEPS optimizer steps at batch BATCH
 #   4. train native  exp/k400/videomambapro_tiny_f8_res224.sh (torchrun, GPUS=1, bf16) for one epoch
@@ -22,7 +24,7 @@
 #
 # Environment: WORK (scratch folder, default a new temp dir), STEPS (30), BATCH (16 videos per step; the
 # recipe's --num_sample 2 makes it 32 clips), RECIPE, PYTHON, TIMEOUT_<STAGE> in seconds (TESTS 80, BENCH 120,
-# STEP64 35 twice, SPLIT 60, DATA 40, NATIVE 80, DS 90, EVAL 40: 580 s at most;
+# STEP64 35 twice, SPLIT 60, PRETRAIN 40, DATA 40, NATIVE 80, DS 90, EVAL 40: 620 s at most;
 # the Triton JIT cache is shared).
 set -uo pipefail
 
@@ -88,6 +90,12 @@ key_split() {  # "videomambapro_tiny X ms (scan S%, GEMM G%); timesformer_tiny .
          /^\| (scan|GEMM) / { printf " %s %s", $2, $6 }' "$1"; echo
 }
 
+key_pretrain() {  # "student x0.31 time x0.28 memory; +teacher x0.52; maskfeat x1.10" vs the fine-tuning step
+    awk '$2 == "clip" && $3 == "student" { printf "student x%s time x%s mem; ", $7, $10 }
+         $2 == "clip" && $3 == "step" { printf "+teacher x%s; ", $7 } $2 == "maskfeat" { printf "maskfeat x%s", $6 }' "$1"
+    echo
+}
+
 key_tests() { grep -E '[0-9]+ (passed|failed|errors?|tests? collected)' "$1" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//'; }
 
 key_bench() { "$PYTHON" scripts/bench_scan.py layer --key_figures "$WORK/bench_scan.json" "$WORK/bench_model.json"; }
@@ -135,6 +143,8 @@ if [ "$MODE" = gpu ]; then
     run split "${TIMEOUT_SPLIT:-60}" key_split "$PYTHON" scripts/profile_block.py --model videomambapro_tiny \
         --compare timesformer_tiny --num_frames 64 --input_size 224 --batch_size 8 --no_recipes --probe_frames 1 \
         --step_split --split_device cuda
+    run pretrain "${TIMEOUT_PRETRAIN:-40}" key_pretrain "$PYTHON" scripts/bench_pretrain.py --size tiny --frames 8 \
+        --img_size 224 --batch_size 8 --iters 2
     run data "${TIMEOUT_DATA:-40}" key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" \
         --num_classes 4 --train_per_class "$PER_CLASS" --val_per_class 5 --test_per_class 5 --frames 8 --size 224
     run "train native" "${TIMEOUT_NATIVE:-80}" key_native env OUTPUT_DIR="$WORK/native" bash "$RECIPE" \
@@ -155,6 +165,7 @@ a = b.parse_args(['--models', 'videomambapro_tiny', 'timesformer_tiny', '--frame
 '--batch_size', '8', '--bf16', '--iters', '2', '--mixer_recompute', 'none']); assert a.mixer_recompute == 'none'"
     run split 300 key_split "$PYTHON" scripts/profile_block.py --model videomambapro_tiny --compare timesformer_tiny \
         --num_frames 2 --input_size 32 --batch_size 1 --no_recipes --probe_frames 1 --step_split --split_device cpu
+    run pretrain 300 key_pretrain "$PYTHON" scripts/bench_pretrain.py --device cpu --size test --frames 4 --iters 1
     run data 120 key_data "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --num_classes 4 \
         --train_per_class $(( (BATCH + 3) / 4 )) --val_per_class 1 --test_per_class 1 --frames 8 --size 32
     # --eval's --resume target: a placeholder checkpoint (no weights: the dry run builds the model on meta)

@@ -11,7 +11,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "device_check.sh")
-STAGES = ["gpu tests", "bench", "step64 inner", "split", "data", "train native", "train ds", "eval"]
+STAGES = ["gpu tests", "bench", "step64 inner", "split", "pretrain", "data", "train native", "train ds", "eval"]
 
 
 def _run(tmp_path, *args, **env):
@@ -53,6 +53,9 @@ def test_cpu_dry_run_checks_every_stage(tmp_path):
     # the block-step split ran for both models (on the CPU, a tiny shape): "videomambapro_tiny X ms scan S% GEMM G%; ..."
     split = " ".join(rows["split"][3:])
     assert re.search(r"videomambapro_tiny [\d.]+ ms scan \d+% GEMM \d+%; timesformer_tiny", split), split
+    # the pretraining step beside fine-tuning (CPU stand-in): "student xR time xM mem; +teacher xT; maskfeat xF"
+    pretrain = " ".join(rows["pretrain"][3:])
+    assert re.fullmatch(r"student x[\d.]+ time x[\d.]+ mem; \+teacher x[\d.]+; maskfeat x[\d.]+", pretrain), pretrain
     assert rows["data"][3:] == ["train", "8", "videos"]  # BATCH videos: one optimizer step in the dry run
     work = tmp_path / "work"
     ds_log = (work / "train_ds.log").read_text()
