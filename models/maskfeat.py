@@ -73,18 +73,19 @@ class MaskFeatMixin:
             raise ValueError(f"every clip must mask the same number of tokens, got {counts.tolist()}")
         return mask
 
-    def forward_masked_features(self, x, mask):
+    def forward_masked_features(self, x, mask, checked=False):
         """Final normalised tokens ``(B, 1 + T'N, d)`` with the masked tokens' embeddings replaced."""
-        self._embed_mask = self._check_mask(mask, x)
+        self._embed_mask = mask if checked else self._check_mask(mask, x)
         try:
             return self.forward_features(x)
         finally:
             self._embed_mask = None
 
     def forward(self, x, mask):
-        """``x (B, 3, T, H, W)``, ``mask (B, T'N)`` bool -> HOG predictions ``(B, M, D)`` at the masked tokens."""
+        """``x (B, 3, T, H, W)``, ``mask (B, T'N)`` bool (tensor or array) -> HOG predictions ``(B, M, D)`` at the
+        masked tokens, in token order."""
         mask = self._check_mask(mask, x)
-        tokens = self.forward_masked_features(x, mask)[:, 1:]
+        tokens = self.forward_masked_features(x, mask, checked=True)[:, 1:]
         B, _, d = tokens.shape
         return self.maskfeat_head(tokens[mask].reshape(B, -1, d))
 

@@ -139,3 +139,10 @@ def test_seed_rule_through_seeded_items():
     assert len({x.tobytes() for x in a}) == len(a)  # positions differ within an epoch
     ds = SeededItems(_Masks(1))
     assert np.array_equal(ds[(seed_for(0, 0, 0, ITEM, 2), 0)], a[2])  # the key is seed_for(seed, epoch, rank, ITEM, pos)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_attention_mask_on_cuda():
+    attn = torch.rand(3, 4, 196, device="cuda")
+    m = attention_mask(attn, 0.8, generator=torch.Generator(device="cuda").manual_seed(0))
+    assert m.device.type == "cuda" and (m.sum(1) == num_masked(0.8, 4 * 196)).all()
