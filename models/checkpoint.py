@@ -45,6 +45,9 @@ WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
 _FOREIGN_HEADS = {"distill_head": "the self-distillation head of VideoMamba's ImageNet student",
                   "clip_decoder": "the CLIP-alignment decoder of VideoMamba's masked pretraining"}
 
+_FOREIGN_HEADS.update(mask_token="the mask token of MaskFeat pretraining (models/maskfeat.py)",
+                      maskfeat_head="the HOG prediction head of MaskFeat pretraining (models/maskfeat.py)")
+
 
 def _resolve_path(path: str) -> str:
     """A file, or a DeepSpeed checkpoint folder (``latest`` tag file or a tag folder) -> the model file."""
@@ -210,7 +213,11 @@ def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, 
     for prefix in dropped:
         for k in [k for k in out if k.split(".")[0] == prefix]:
             del out[k]
+            report.setdefault("dropped", []).append(k)
         note(f"dropped {prefix}.* ({_FOREIGN_HEADS[prefix]})")
+    if dropped and not any(k.startswith("head.") for k in out) and any(k.startswith("head.") for k in own):
+        report["head_dropped"] = True  # a pretraining checkpoint (foreign head, no classifier): the head stays fresh
+        note("the checkpoint has no classifier head (pretraining weights): the model's head stays freshly initialised")
     if "norm.weight" in out and "norm.weight" not in own and "norm_f.weight" in own and "norm_f.weight" not in out:
         out["norm_f.weight"] = out.pop("norm.weight")  # VideoMamba's masked-pretraining encoder names it 'norm'
         note("renamed the pretraining encoder's final norm.weight -> norm_f.weight")
