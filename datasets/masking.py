@@ -9,12 +9,15 @@ most one partially masked unit (its first tokens, in the unit's own order):
 
     random      one token
     tube        one spatial position (h, w) through all T' frames (T' tokens, frame order)
-    random_row  one row (t, h) of one frame (W' tokens; VideoMamba's Fig. 5 row masking)
-    tube_row    one row h through all T' frames (T'W' tokens, frame-major)
+    random_row  one row (t, h) of one frame (W' tokens; VideoMamba's Fig. 5 row masking): rows anywhere in the
+                clip, so frames mask different numbers of rows
+    tube_row    one row (t, h) of one frame, taken frame by frame in turns (each frame's rows in its own random
+                order, the frames' turn order random): every frame masks the same number of rows, up to one,
+                chosen independently per frame - VideoMamba's ``TubeRowMaskingGenerator`` ("masked rows are not
+                shared between frames")
 
-The spellings are VideoMamba's ``--mask_type`` choices. VideoMamba's own ``tube_row`` draws the masked rows
-independently per frame (the same count in each); here ``tube_row`` is the row analogue of ``tube`` (the same
-rows in every frame). ``attention``: the mask is drawn in the training step from a teacher's cls attention
+The spellings and meanings are VideoMamba's ``--mask_type`` choices; its counts are ``int(ratio x units)`` per
+frame, ours the exact clip total above (equal when ``ratio x H'`` is a whole number of rows). ``attention``: the mask is drawn in the training step from a teacher's cls attention
 (``attention_mask``); its ``MaskGenerator`` returns an all-False placeholder and has ``from_teacher`` True.
 
 Randomness: ``MaskGenerator(...)(rng)`` draws from a ``np.random.Generator``, or from numpy's global RNG when
@@ -56,7 +59,7 @@ def _units(mask_type: str, T: int, H: int, W: int) -> np.ndarray:
     if mask_type == "random_row":
         return idx.reshape(T * H, W)
     if mask_type == "tube_row":
-        return idx.transpose(1, 0, 2).reshape(H, T * W)  # (H', T'W'), frame-major within a unit
+        return idx.reshape(T, H, W)  # drawn per call: rows of each frame in turns (MaskGenerator._tube_rows)
     raise ValueError(f"unknown mask_type {mask_type!r}; choose one of {MASK_TYPES}")
 
 
@@ -80,9 +83,21 @@ class MaskGenerator:
         mask = np.zeros(self.num_tokens, dtype=bool)
         if self.from_teacher:
             return mask
-        perm = (np.random if rng is None else rng).permutation(len(self._units))
-        mask[self._units[perm].reshape(-1)[: self.num_masked]] = True
+        r = np.random if rng is None else rng
+        if self.mask_type == "tube_row":
+            units = self._tube_rows(r)
+        else:
+            units = self._units[r.permutation(len(self._units))]
+        mask[units.reshape(-1)[: self.num_masked]] = True
         return mask
+
+    def _tube_rows(self, r) -> np.ndarray:
+        """``(T'H', W')`` rows in masking order: turn j takes the j-th row of every frame (each frame's rows
+        permuted independently), the frames in one random order."""
+        T, H, _ = self.grid
+        row_order = np.argsort(r.random((T, H)), axis=1)  # (T', H'): frame t's rows, in its own random order
+        frames = r.permutation(T)
+        return self._units[frames[None, :], row_order[frames].T]  # (H', T', W'): [j, k] = row j of frame k
 
     def __repr__(self):
         return (f"MaskGenerator(type={self.mask_type}, grid={self.grid}, ratio={self.mask_ratio}, "

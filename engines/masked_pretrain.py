@@ -83,13 +83,20 @@ def build_step(args, model):
 
 
 class MaskFeatStep:
-    """MSE between the student's predictions and the HOG features of the masked patches."""
+    """MSE between the student's predictions and the HOG features of the masked patches (``model.loss``: the HOG
+    target is computed on the device, in float32, without gradient)."""
 
-    def __init__(self, model, device):
-        self.model_name = type(model).__name__
+    def __init__(self, model, device=None):
+        if not hasattr(model, "loss") or not hasattr(model, "hog"):
+            raise SystemExit(f"error: --objective maskfeat needs a MaskFeat model (*_maskfeat), got "
+                             f"{type(model).__name__}")
+        self.module = model  # unwrapped: DDP / DeepSpeed wrap the forward, the loss is the module's own
 
     def __call__(self, model, clips, mask):
-        raise NotImplementedError
+        mask = mask.to(device=clips.device, dtype=torch.bool)
+        return self.module.loss(model(clips, mask), clips, mask)
 
     def __repr__(self) -> str:
-        return f"MaskFeat (HOG targets of the masked patches, MSE; {self.model_name})"
+        hog = self.module.hog
+        return (f"MaskFeat (HOG of the masked patches, {getattr(hog, 'feature_dim', '?')} features per token, MSE; "
+                f"{type(self.module).__name__})")

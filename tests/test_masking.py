@@ -58,11 +58,21 @@ def test_unit_structure(grid, ratio):
         rows = MaskGenerator("random_row", grid, ratio)(rng).reshape(T * H, W)
         full, part = _partial_units(rows)
         assert part <= 1 and full == num_masked(ratio, n) // W
-        trow = MaskGenerator("tube_row", grid, ratio)(rng).reshape(T, H, W).transpose(1, 0, 2).reshape(H, T * W)
-        full, part = _partial_units(trow)
-        assert part <= 1 and full == num_masked(ratio, n) // (T * W)
-        whole = trow[trow.sum(1) == T * W]
-        assert len(whole) == full  # every fully masked row is masked in all frames
+        # tube_row (VideoMamba's): whole rows, chosen per frame, every frame the same number of rows up to one
+        trow = MaskGenerator("tube_row", grid, ratio)(rng).reshape(T, H, W)
+        full, part = _partial_units(trow.reshape(T * H, W))
+        assert part <= 1 and full == num_masked(ratio, n) // W
+        per_frame = (trow.sum(2) == W).sum(1)  # whole rows per frame
+        assert per_frame.max() - per_frame.min() <= 1, per_frame
+
+
+def test_tube_rows_are_drawn_per_frame():
+    """VideoMamba's tube_row: the masked rows are not shared between frames (they are for ``tube``'s positions)."""
+    gen = MaskGenerator("tube_row", (4, 8, 3), 0.5)
+    rng = np.random.default_rng(0)
+    shared = [len({tuple(np.flatnonzero(f.all(1))) for f in gen(rng).reshape(4, 8, 3)}) for _ in range(20)]
+    assert max(shared) > 1  # some clip has frames with different masked rows
+    assert all((gen(rng).reshape(4, 8, 3).all(2).sum(1) == 4).all() for _ in range(20))  # 4 of 8 rows per frame
 
 
 def test_random_masks_cover_every_token():
