@@ -4,7 +4,8 @@
 # From the MaskFeat paper (Wei et al., "Masked Feature Prediction for Self-Supervised Visual Pre-Training", CVPR 2022, its Kinetics
 # pre-training settings in the appendix): AdamW betas 0.9 0.999, weight decay 0.05, lr 8e-4 for a batch of 2048 (= 1e-4 per 256 here,
 # scaled by total / 256), cosine schedule, 30 warmup epochs, 300 epochs (its longer runs: 800 / 1600), 16 frames at sampling rate 4,
-# 40% of the tokens masked, horizontal flip. Its masks are block-wise space-time cubes; we have no block masks and choose
+# 40% of the tokens masked, horizontal flip (as the issue lists them; not re-read against the paper's appendix table
+# here: check the betas and warmup before a long run). Its masks are block-wise space-time cubes; we have no block masks and choose
 # --mask_type tube (one spatial mask shared by all frames: like a cube spanning the clip, a masked patch cannot be copied
 # from a neighbouring frame); --mask_type random is the alternative.
 # Our choices (not from the paper, or unsure): 32 GPUs x 64 (the 2048 of the paper, VideoMamba's pretraining layout), min_lr 1e-5 and
