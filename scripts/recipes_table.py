@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Every exp/k400, exp/ssv2 and exp/imagenet recipe against VideoMamba's published script it reproduces.
+"""Every exp/k400, exp/ssv2, exp/imagenet and exp/pretrain recipe against VideoMamba's published script it reproduces.
 
     python scripts/recipes_table.py            # write exp/RECIPES.md
     python scripts/recipes_table.py --check    # exit 1 if exp/RECIPES.md is stale or a recipe drifted
@@ -8,6 +8,7 @@ Each recipe is run with DRY_RUN=1 and a stand-in python that records its command
 line is parsed by the entry point's own parser (so defaults are the ones a real run gets). Its values are compared
 with the upstream row of exp/upstream/videomamba_recipes.csv (empty cells: upstream's defaults, below). A
 difference is drift unless ``INTENDED`` gives the reason; tests/test_recipes_upstream.py runs the same check.
+The masked-pretraining recipes (exp/pretrain) are compared by scripts/_recipes_pretrain.py.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from scripts import _recipes_pretrain as pt  # noqa: E402
+
 EXP = os.path.join(ROOT, "exp")
 UPSTREAM_CSV = os.path.join(EXP, "upstream", "videomamba_recipes.csv")
 RECIPES_MD = os.path.join(EXP, "RECIPES.md")
@@ -53,9 +56,11 @@ IMAGE_FIELDS = ("size", "gpus", "batch_size", "update_freq", "epochs", "warmup_e
                     UPSTREAM_IMAGE_SWITCHES)
 
 
-def upstream_script(rel: str) -> str:
-    """exp/<rel> -> the upstream script (the ``script`` column of the CSV) it reproduces."""
+def upstream_script(rel: str):
+    """exp/<rel> -> the upstream script (the ``script`` column of the CSV) it reproduces; None: ours, none upstream."""
     ds, name = rel.split("/")
+    if ds == "pretrain":
+        return pt.upstream_script(rel)
     size = next(s for s in SIZES if f"_{s}_" in name)
     if ds == "imagenet":
         return ("image_sm/exp_distill/videomamba_middle/run224.sh" if size == "middle"
@@ -63,7 +68,8 @@ def upstream_script(rel: str) -> str:
     frames = int(name.split("_f")[1].split("_")[0])
     res = int(name.split("_res")[1].split(".")[0])
     stage = f"f{frames}x224" + ("" if res == 224 else f"to{res}")
-    return f"video_sm/exp/{ds}/videomamba_{size}/run_{stage}.sh"
+    mask = "_mask" if "_mask_" in name else ""  # started from masked pretraining (VideoMamba's *MASK* rows)
+    return f"video_sm/exp/{ds}/videomamba_{size}{mask}/run_{stage}.sh"
 
 
 # (recipe, field) -> why we differ on purpose. Everything else must equal upstream.
@@ -82,6 +88,11 @@ INTENDED[("ssv2/videomambapro_tiny_f16_res288.sh", "num_frames")] = (
 INTENDED[("ssv2/videomambapro_tiny_f16_res288.sh", "orig_t_size")] = "16: the 16x224 stage (see num_frames)"
 INTENDED[("ssv2/videomambapro_middle_f16_res288.sh", "orig_t_size")] = (
     "upstream leaves its default 8, a no-op there (the 16-frame checkpoint's embedding is interpolated to 16)")
+for _f in (8, 16):
+    INTENDED[(f"ssv2/videomambapro_middle_mask_f{_f}_res224.sh", "start")] = (
+        "upstream passes --finetune twice, the SSV2 mask-pretrained file then ${MODEL_PATH} (it wins; unset, the "
+        "command fails); ours starts from that file")
+INTENDED.update(pt.INTENDED)
 
 
 def _shim(folder: str) -> str:
@@ -115,6 +126,8 @@ def parse(argv):
         import run_class_finetuning as mod
     elif entry == "run_pretrain_imagenet.py":
         import run_pretrain_imagenet as mod
+    elif entry == "run_videomamba_pretraining.py":
+        import run_videomamba_pretraining as mod
     else:
         raise ValueError(f"unexpected entry point {entry}")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -211,12 +224,14 @@ def recipes() -> list:
     for ds in ("k400", "ssv2", "imagenet"):
         folder = os.path.join(EXP, ds)
         out += sorted(f"{ds}/{n}" for n in os.listdir(folder) if n.endswith(".sh") and n.startswith("videomambapro_"))
-    return out
+    return out + pt.recipes(EXP)
 
 
 def compare(rel: str, rows=None) -> dict:
     """{'ours', 'upstream', 'script', 'diffs': [(field, ours, upstream, reason or None)]}."""
     rows = rows if rows is not None else upstream_rows()
+    if rel.startswith("pretrain/"):
+        return pt.compare(rel, rows)
     script = upstream_script(rel)
     up = upstream(rows[script])
     me = ours(rel)
@@ -248,7 +263,8 @@ def published_top1(rel: str):
     else:
         frames = int(name.split("_f")[1].split("_")[0])
         res = int(name.split("_res")[1].split(".")[0])
-        e = zoo_entry(f"videomamba_{size}.{ds}_f{frames}_res{res}")
+        mask = "_mask_ft" if "_mask_" in name else ""
+        e = zoo_entry(f"videomamba_{size}.{ds}{mask}_f{frames}_res{res}")
     return (e.top1, e.file) if e else (None, "")
 
 
@@ -286,6 +302,8 @@ def render(results: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for rel, res in results.items():
+        if rel.startswith("pretrain/"):
+            continue
         me = res["ours"]
         image = rel.startswith("imagenet/")
         total, eff = effective_lr(me, image)
@@ -297,13 +315,15 @@ def render(results: dict) -> str:
     lines += [
         "",
         "Not reproduced exactly, for all recipes: VideoMamba's ImageNet runs step timm's scheduler once per epoch "
-        "(ours is per step, same warmup and cosine end points); the masked-pretraining (`videomamba_middle_mask`) and "
-        "distillation-from-scratch B recipes have no VideoMambaPro counterpart here. The VideoMambaPro models differ "
+        "(ours is per step, same warmup and cosine end points); the `_mask` recipes start from VideoMamba-M's released "
+        "masked-pretraining encoder (or, with `FINETUNE`, from `exp/pretrain`'s output); the 384 / 288 `_mask` "
+        "stages and the distillation-from-scratch B recipe have no VideoMambaPro counterpart here. The VideoMambaPro "
+        "models differ "
         "from VideoMamba by the masked backward scan and the elemental residual (README, the method in short); "
         "the published top-1 is VideoMamba's, the number a VideoMambaPro run of the same recipe should reach or "
         "beat.",
-        "",
     ]
+    lines += pt.render({rel: r for rel, r in results.items() if rel.startswith("pretrain/")})
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """Every exp/ recipe runs with DRY_RUN=1: the script's python command line is captured by a shim,
 then parsed by the entry point's own parser and dry-run in-process (model built on the meta device,
-optimizer built, no training). So a flag a recipe passes that the parser does not accept fails here."""
+optimizer built, no training). So a flag a recipe passes that the parser does not accept fails here.
+The masked-pretraining recipes (exp/pretrain) are parsed by run_videomamba_pretraining.py's parser; their
+model-build dry run joins test_recipe_dry_run once the pretraining students are registered in models/."""
 import glob
 import os
 import stat
@@ -10,7 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "exp", "*", "*.sh"))
-                 if os.sep + "demo" + os.sep not in p and os.sep + "slurm" + os.sep not in p)
+                 if all(os.sep + d + os.sep not in p for d in ("demo", "slurm", "pretrain")))
+PRETRAIN_RECIPES = sorted(glob.glob(os.path.join(ROOT, "exp", "pretrain", "*.sh")))
 
 
 def _shim(tmp_path):
@@ -61,6 +64,13 @@ def test_recipes_exist_for_every_dataset():
         assert f"ucf101/videomambapro_{size}_f16_res224.sh" in names
         assert f"hmdb51/videomambapro_{size}_f16_res224.sh" in names
         assert f"imagenet/videomambapro_{size}_res224.sh" in names
+    for f in (8, 16, 32, 64):  # VideoMamba's *MASK* rows: VideoMambaPro-M from masked pretraining
+        assert f"k400/videomambapro_middle_mask_f{f}_res224.sh" in names
+    for f in (8, 16):
+        assert f"ssv2/videomambapro_middle_mask_f{f}_res224.sh" in names
+    pretrain = {os.path.relpath(p, os.path.join(ROOT, "exp")) for p in PRETRAIN_RECIPES}
+    assert pretrain == {f"pretrain/{m}_middle_mask_pt_{ds}.sh" for m in ("videomamba", "videomambapro")
+                        for ds in ("k400", "ssv2")} | {"pretrain/videomambapro_middle_maskfeat_k400.sh"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.relpath(p, ROOT) for p in RECIPES])
@@ -76,6 +86,23 @@ def test_recipe_dry_run(recipe, tmp_path):
         frames = int(rel.split("_f")[1].split("_")[0])
         assert args.num_frames == frames
         assert args.input_size == int(rel.split("_res")[1].split(".")[0])
+
+
+@pytest.mark.parametrize("recipe", PRETRAIN_RECIPES, ids=[os.path.relpath(p, ROOT) for p in PRETRAIN_RECIPES])
+def test_pretrain_recipe_parses(recipe, tmp_path):
+    """The command line a pretraining recipe launches is accepted, and its own rules pass, by the entry point's
+    parser (nothing built: the *_pretrain / *_maskfeat students are not registered yet)."""
+    import run_videomamba_pretraining as mod
+    from utils.config import parse_with_config
+
+    argv = _capture(["bash", recipe, "--epochs", "1"], tmp_path)
+    assert os.path.basename(argv[0]) == "run_videomamba_pretraining.py"
+    args = parse_with_config(mod.get_args_parser(), argv[1:])
+    assert args.dry_run and args.epochs == 1 and args.output_dir == str(tmp_path / "out")
+    assert args.objective == ("maskfeat" if args.model.endswith("_maskfeat") else "clip")
+    assert args.train_list.endswith("/train.csv") and args.num_sample == 1 and args.flip is True
+    name = os.path.basename(recipe)
+    assert args.model == name.split("_mask")[0] + ("_maskfeat" if "_maskfeat" in name else "_pretrain")
 
 
 def test_torchrun_is_the_default_launcher(tmp_path):

@@ -1,4 +1,4 @@
-"""Every exp/k400, exp/ssv2 and exp/imagenet recipe equals the VideoMamba script it reproduces
+"""Every exp/k400, exp/ssv2, exp/imagenet and exp/pretrain recipe equals the VideoMamba script it reproduces
 (exp/upstream/videomamba_recipes.csv), except where scripts/recipes_table.py's INTENDED says why; exp/RECIPES.md is
 the generated table. The recipes are captured with DRY_RUN=1 and parsed by their entry point (nothing is built)."""
 import filecmp
@@ -19,9 +19,51 @@ def results():
 
 def test_every_recipe_has_an_upstream_script(results):
     rows = rt.upstream_rows()
-    assert len(results) == 27
+    assert len(results) == 38  # 27 from ImageNet, 6 from masked pretraining (_mask), 5 masked pretraining
+    assert sum(rel.startswith("pretrain/") for rel in results) == 5
     for rel in results:
+        if rel in rt.pt.OURS:  # ours, no upstream script: listed with its source, not skipped
+            assert rt.upstream_script(rel) is None and results[rel]["script"] is None, rel
+            assert rt.pt.NO_UPSTREAM in rt.render(results) and rt.pt.OURS[rel] in rt.render(results)
+            continue
         assert rt.upstream_script(rel) in rows, rel
+    assert set(rt.pt.OURS) == {"pretrain/videomambapro_middle_maskfeat_k400.sh"}
+
+
+def test_every_upstream_pretraining_script_has_recipes(results):
+    """Each of VideoMamba's run_mask_pretrain.sh rows is reproduced with its own student and with VideoMambaPro's,
+    and has its pretraining-only values (mask, --clip_*) in the supplement csv."""
+    rows = rt.upstream_rows()
+    extra = rt.pt.pretrain_rows(rt.EXP)
+    pretrain = sorted(s for s in rows if s.endswith("/run_mask_pretrain.sh"))
+    assert pretrain == ["video_sm/exp/k400/videomamba_middle_mask/run_mask_pretrain.sh",
+                        "video_sm/exp/ssv2/videomamba_middle_mask/run_mask_pretrain.sh"]
+    assert sorted(extra) == pretrain
+    for script in pretrain:
+        models = sorted(r["ours"]["model"] for r in results.values() if r["script"] == script)
+        assert models == ["videomamba_middle_pretrain", "videomambapro_middle_pretrain"], script
+    # every upstream _mask fine-tuning script at 224 has a VideoMambaPro-M recipe
+    mask_ft = {s for s in rows if "_mask/run_f" in s and s.endswith("x224.sh")}
+    assert mask_ft == {r["script"] for rel, r in results.items() if "_mask_f" in rel}
+
+
+def test_videomamba_pretraining_recipes_equal_upstream(results):
+    """The two VideoMamba-M pretraining recipes have no difference at all, the VideoMambaPro ones only the model."""
+    for ds in ("k400", "ssv2"):
+        assert results[f"pretrain/videomamba_middle_mask_pt_{ds}.sh"]["diffs"] == []
+        diffs = results[f"pretrain/videomambapro_middle_mask_pt_{ds}.sh"]["diffs"]
+        assert [(f, o, u) for f, o, u, _ in diffs] == [
+            ("model", "videomambapro_middle_pretrain", "videomamba_middle_pretrain")]
+    me = results["pretrain/videomamba_middle_mask_pt_k400.sh"]["ours"]
+    assert (me["gpus"], me["batch_size"], me["epochs"], me["mask_type"], me["mask_ratio"], me["sampling"],
+            me["opt_betas"], me["clip_decoder_embed_dim"], me["flip"]) == \
+        (32, 64, 801, "attention", 0.8, "sparse (TSN)", (0.9, 0.95), 576, True)
+    a = me["args"]
+    assert (a.train_list, a.objective, a.data_root) == ("your_k400_metadata_path/train.csv", "clip", "your_k400_path")
+    mf = results["pretrain/videomambapro_middle_maskfeat_k400.sh"]["ours"]
+    assert (mf["objective"], mf["mask_type"], mf["mask_ratio"], mf["epochs"], mf["warmup_epochs"], mf["opt_betas"],
+            mf["num_frames"], mf["sampling"]) == ("maskfeat", "tube", 0.4, 300, 30, (0.9, 0.999), 16, "dense, rate 4")
+    assert mf["lr"] * mf["gpus"] * mf["batch_size"] / 256 == pytest.approx(8e-4)  # MaskFeat: 8e-4 for 2048
 
 
 def test_no_drift_from_upstream(results):
@@ -56,6 +98,27 @@ def test_drift_is_detected(tmp_path, monkeypatch):
     assert [(f, o, u) for f, o, u, why in res["diffs"]] == [("resize_mode", "antialias", "videomamba")]
 
 
+def test_pretraining_drift_is_detected(tmp_path, monkeypatch):
+    """A pretraining recipe whose mask ratio, mask type or teacher width moved from VideoMamba's is reported."""
+    name = "videomamba_middle_mask_pt_k400.sh"
+    fake_exp = tmp_path / "exp"
+    (fake_exp / "pretrain").mkdir(parents=True)
+    (fake_exp / "upstream").mkdir()
+    for f in ("launch.sh", os.path.join("upstream", rt.pt.PRETRAIN_CSV_NAME)):
+        (fake_exp / f).write_text(open(os.path.join(rt.EXP, f)).read())
+    src = open(os.path.join(rt.EXP, "pretrain", name)).read()
+    monkeypatch.setattr(rt, "EXP", str(fake_exp))
+    cases = [("--mask_ratio 0.8 ", "--mask_ratio 0.75 ", ("mask_ratio", 0.75, 0.8)),
+             ("--mask_type attention ", "--mask_type tube ", ("mask_type", "tube", "attention")),
+             ("--clip_output_dim 512 ", "--clip_output_dim 768 ", ("clip_output_dim", 768, 512)),
+             ("--num_segments 8 ", "--num_segments 1 ", ("sampling", "dense, rate 1", "sparse (TSN)"))]
+    for old, new, expected in cases:
+        assert old in src, old
+        (fake_exp / "pretrain" / name).write_text(src.replace(old, new))
+        res = rt.compare(f"pretrain/{name}")
+        assert [(f, o, u) for f, o, u, why in res["diffs"] if not why] == [expected]
+
+
 def test_key_upstream_values(results):
     """Spot checks straight from VideoMamba's scripts (the issue's list of drifts)."""
     def me(rel):
@@ -72,8 +135,13 @@ def test_key_upstream_values(results):
     assert me("ssv2/videomambapro_small_f16_res224.sh")["epochs"] == 30
     assert me("ssv2/videomambapro_tiny_f8_res224.sh")["test_num_segment"] == 2
     for rel in results:
-        if not rel.startswith("imagenet/") and "_res224" in rel:
+        if "_mask_f" in rel:  # VideoMamba-M's released masked-pretraining encoder of the same dataset by default
+            assert results[rel]["ours"]["start"] == f"videomamba_m16_{rel.split('/')[0]}_mask_pt_f8_res224.pth", rel
+        elif not rel.startswith(("imagenet/", "pretrain/")) and "_res224" in rel:
             assert results[rel]["ours"]["start"].endswith("_in1k_res224.pth"), rel  # ImageNet start by default
+    km = me("k400/videomambapro_middle_mask_f16_res224.sh")
+    assert (km["epochs"], km["lr"], km["layer_decay"], km["drop_path"], km["batch_size"]) == (45, 1e-4, 0.8, 0.4, 16)
+    assert rt.published_top1("k400/videomambapro_middle_mask_f8_res224.sh")[0] == 82.0
     ti = me("imagenet/videomambapro_tiny_res224.sh")
     assert (ti["aa"], ti["clip_grad"], ti["model_ema"], ti["repeated_aug"], ti["lr_scale_rule"]) == \
         ("v0", 5.0, False, False, "deit512")
