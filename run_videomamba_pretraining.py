@@ -73,7 +73,7 @@ def get_args_parser():
     p.set_defaults(model="videomambapro_middle_pretrain", epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_lr=1e-6,
                    warmup_epochs=40, save_ckpt_freq=50, drop_path=0.0, num_frames=16, sampling_rate=4, num_sample=1,
                    flip=False, aa="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.0, defaults="ours",
-                   disable_eval_during_finetuning=True, test_at_end=False)
+                   disable_eval_during_finetuning=True, test_at_end=False, color_jitter=0.0)
     return p
 
 
