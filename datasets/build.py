@@ -26,6 +26,9 @@ DATASET_CLASSES = {
     # without one are read as whole videos (kinetics_sparse, the formula LVU applies to an uncut video).
     "Kinetics_sparse": 400, "Kinetics": 400, "mitv1_sparse": None, "LVU": None, "COIN": 180, "Breakfast": 10,
 }
+# LVU: the task, and so the class count, is read from --data_path as upstream's build.py does (first match wins).
+LVU_TASK_CLASSES = (("relation", 4), ("speak", 5), ("scene", 6), ("director", 10), ("genre", 4), ("writer", 10),
+                    ("year", 9))
 _FIXED = ("SSV2", "UCF101", "HMDB51", "IMNET", "COIN", "Breakfast")
 
 # Every args attribute read here, with its default (the training engineer's argparse owns the flags).
@@ -67,6 +70,15 @@ def resolve_nb_classes(args) -> Optional[int]:
         if given is not None and int(given) != fixed:
             logger.warning("--data_set %s has %d classes; ignoring --nb_classes %s", data_set, fixed, given)
         return fixed
+    if data_set == "LVU":
+        path = (_get(args, "data_path") or "").lower()
+        task = next(((t, n) for t, n in LVU_TASK_CLASSES if t in path), None)
+        if task and given is None:
+            logger.warning("--data_set LVU: %d classes for the %s task named in --data_path", task[1], task[0])
+            return task[1]
+        if task and int(given) != task[1]:
+            raise ValueError(f"--data_set LVU --nb_classes {given}, but --data_path names the {task[0]} task, which "
+                             f"has {task[1]} classes (upstream's build.py asserts they agree)")
     return int(given) if given is not None else fixed
 
 

@@ -223,3 +223,13 @@ def test_lists_with_duration_parse(tmp_path):
     with pytest.raises(ListError, match=r"l.csv:1: .*duration 'long'"):
         read_list(str(p), "long_video", sep=",")
     assert os.path.isfile(p)
+
+
+def test_lvu_classes_from_the_task_in_data_path():
+    from datasets.build import resolve_nb_classes
+
+    assert resolve_nb_classes(default_data_args(data_set="LVU", data_path="/lists/lvu/director")) == 10
+    assert resolve_nb_classes(default_data_args(data_set="LVU", data_path="/lists/LVU/Scene", nb_classes=6)) == 6
+    assert resolve_nb_classes(default_data_args(data_set="LVU", data_path="/lists/mine", nb_classes=3)) == 3
+    with pytest.raises(ValueError, match="names the year task, which has 9 classes"):
+        resolve_nb_classes(default_data_args(data_set="LVU", data_path="/lists/lvu/year", nb_classes=10))
