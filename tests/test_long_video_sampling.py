@@ -233,3 +233,21 @@ def test_lvu_classes_from_the_task_in_data_path():
     assert resolve_nb_classes(default_data_args(data_set="LVU", data_path="/lists/mine", nb_classes=3)) == 3
     with pytest.raises(ValueError, match="names the year task, which has 9 classes"):
         resolve_nb_classes(default_data_args(data_set="LVU", data_path="/lists/lvu/year", nb_classes=10))
+
+
+def test_merge_counts_every_window_of_a_video(long_video, tmp_path):
+    """Prediction lines for every test item, merged by engines.evaluate.merge: the 4 windows x 2 views of the long
+    video are 8 distinct views of one video (upstream's merge would keep one window per (chunk, split))."""
+    import json
+
+    from engines.evaluate import merge
+
+    ds, nb = build_dataset(False, True, _args(long_video))
+    with open(tmp_path / "0.txt", "w") as f:
+        for i in range(len(ds)):
+            _, label, vid, chunk, split, _ = ds[i]
+            logits = [0.0] * nb
+            logits[label] = 1.0
+            f.write(f"{vid} {json.dumps(logits)} {label} {chunk} {split}\n")
+    res = merge(str(tmp_path), 1, log=lambda *a: None)
+    assert res["n_views"] == 10 and res["views_per_video"] == (2, 8) and res["n_duplicate_views"] == 0
