@@ -251,3 +251,24 @@ def test_merge_counts_every_window_of_a_video(long_video, tmp_path):
             f.write(f"{vid} {json.dumps(logits)} {label} {chunk} {split}\n")
     res = merge(str(tmp_path), 1, log=lambda *a: None)
     assert res["n_views"] == 10 and res["views_per_video"] == (2, 8) and res["n_duplicate_views"] == 0
+
+
+# VideoMamba's video_sm/exp/lvu/run_class_trim.sh, its flags unchanged (paths to the synthetic lists)
+LVU_TRIM = """--model videomamba_tiny --finetune none --data_path {data} --prefix {data} --data_set LVU --split ,
+--nb_classes 10 --batch_size 8 --num_sample 2 --input_size 224 --short_side_size 224 --save_ckpt_freq 100
+--num_frames 32 --orig_t_size 32 --trimmed 60 --time_stride 16 --num_workers 12 --warmup_epochs 5 --tubelet_size 1
+--epochs 70 --lr 4e-4 --drop_path 0.15 --aa rand-m5-n2-mstd0.25-inc1 --opt adamw --opt_betas 0.9 0.999
+--weight_decay 0.1 --test_num_segment 4 --test_num_crop 3 --dist_eval --test_best --bf16"""
+
+
+def test_upstream_lvu_command_parses_and_builds_its_data(long_video, tmp_path):
+    from engines.runner import run
+    from utils.config import parse_with_config
+
+    argv = LVU_TRIM.format(data=long_video).split() + ["--output_dir", str(tmp_path), "--dry_run", "--device", "cpu",
+                                                   "--batch_size", "1", "--num_workers", "0"]  # 2 videos here
+    args = parse_with_config(rcf.get_args_parser(), argv)
+    assert (args.data_set, args.trimmed, args.time_stride, args.nb_classes) == ("LVU", 60, 16, 10)
+    assert run(args, rcf.wiring())["dry_run"]
+    ds, _ = build_dataset(False, True, args)
+    assert isinstance(ds, LongVideoClsDataset) and len(ds) == 2 * 4 * 3  # 16 s and 6 s < 60 s: one window each
