@@ -59,9 +59,6 @@ IGNORED_UPSTREAM_FLAGS = (
     ("use_mean_pooling", True, "VideoMAE ViT pooling; VideoMamba classifies the cls token"),
     ("eval_data_path", None, "use --val_list / --test_list"),
     ("num_segments", 1, "VideoMAE ViT option (frames = num_frames x num_segments); use --num_frames"),
-    ("trimmed", 60, "LVU / COIN / Breakfast long-video trimming is not implemented: clips are sampled from the "
-                    "whole video"),
-    ("time_stride", 16, "LVU / COIN / Breakfast long-video sampling is not implemented"),
     ("world_size", 1, "the world size comes from the launcher's environment (torchrun / SLURM)"),
     ("dist_on_itp", False, "OpenMPI (ITP) rank variables are not read; launch with torchrun or SLURM"),
     ("dist_url", "env://", "rendezvous comes from the launcher's environment"),
@@ -321,6 +318,13 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
                    help="read raw frames (default: raw frames for 3-column lists 'folder total_frames label')")
     g.add_argument("--sampling_rate", type=int, default=None,
                    help="0: sparse TSN sampling; >0 dense stride (default 0; 4 for --data_set Kinetics)")
+    g.add_argument("--trimmed", type=int, default=None,
+                   help="LVU / COIN / Breakfast with 'video_path label duration' lists (seconds): each video is cut "
+                        "into windows of this many seconds, one sample each in train / val / test (a shorter video "
+                        "is one window; a last window under half this long is dropped). Not given: 60, VideoMamba's")
+    g.add_argument("--time_stride", type=int, default=None,
+                   help="LVU / COIN / Breakfast: a --trimmed window starts every this many seconds. Not given: 16, "
+                        "VideoMamba's")
     g.add_argument("--short_side_size", type=int, default=224)
     g.add_argument("--test_num_segment", type=int, default=5)
     g.add_argument("--test_num_crop", type=int, default=3)

@@ -1,4 +1,5 @@
-"""Data-list parsing: ``video_path label`` and ``frame_folder_path total_frames label`` rows.
+"""Data-list parsing: ``video_path label``, ``frame_folder_path total_frames label`` and (LVU / COIN / Breakfast,
+VideoMamba's long-video lists) ``video_path label duration`` rows, duration in seconds.
 
 Every malformed row raises ``ValueError`` naming the file, the 1-based line number and the line itself;
 nothing is skipped silently (blank lines excepted). Paths may contain the separator: the integer columns
@@ -15,6 +16,7 @@ from typing import List, Optional
 from utils.errors import ListError, MissingDataError
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
+_NUM_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Sample:
     label: int
     total_frames: Optional[int] = None  # raw-frame rows only
     line_no: int = 0
+    duration: Optional[float] = None    # long-video rows only (seconds)
 
 
 def _describe(file: str, line_no: int, line: str) -> str:
@@ -64,17 +67,20 @@ def resolve_path(rel: str, data_root: str, list_file: str) -> str:
 
 def read_list(list_file: str, kind: str, sep: str = " ", data_root: str = "",
               nb_classes: Optional[int] = None, flag: str = "") -> List[Sample]:
-    """Parse a data list. ``kind``: 'video' (path label) or 'rawframe' (path total_frames label).
+    """Parse a data list. ``kind``: 'video' (path label), 'rawframe' (path total_frames label) or 'long_video'
+    (path label duration: VideoMamba's LVU / COIN / Breakfast lists, duration in seconds).
 
     Errors: missing file -> FileNotFoundError, empty list -> ValueError, malformed row or label outside
     [0, nb_classes) -> ValueError naming file, line number and line."""
-    if kind not in ("video", "rawframe", "image"):
+    if kind not in ("video", "rawframe", "image", "long_video"):
         raise ValueError(f"unknown list kind {kind!r}")
     if not os.path.isfile(list_file):
         hint = f" (set by {flag})" if flag else ""
         raise MissingDataError(f"data list not found: {list_file}{hint}")
-    ncols = 3 if kind == "rawframe" else 2
-    fmt = "frame_folder_path total_frames label" if kind == "rawframe" else f"{kind}_path label"
+    ncols = 3 if kind in ("rawframe", "long_video") else 2
+    fmt = {"rawframe": "frame_folder_path total_frames label",
+           "long_video": "video_path label duration"}.get(kind, f"{kind}_path label")
+    label_col = 1 if kind == "long_video" else -1
     samples: List[Sample] = []
     with open(list_file, encoding="utf-8-sig") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -86,9 +92,11 @@ def read_list(list_file: str, kind: str, sep: str = " ", data_root: str = "",
             if fields is None:
                 raise ListError(f"{where}: malformed row, expected {ncols} columns '{fmt}' separated by "
                                  f"{sep!r} (see --split)")
-            if not _INT_RE.match(fields[-1]):
-                raise ListError(f"{where}: label {fields[-1]!r} is not an integer (expected '{fmt}')")
-            label = int(fields[-1])
+            if kind == "long_video" and not _NUM_RE.match(fields[2]):
+                raise ListError(f"{where}: duration {fields[2]!r} is not a number of seconds (expected '{fmt}')")
+            if not _INT_RE.match(fields[label_col]):
+                raise ListError(f"{where}: label {fields[label_col]!r} is not an integer (expected '{fmt}')")
+            label = int(fields[label_col])
             if label < 0:
                 raise ListError(f"{where}: negative label {label}")
             if nb_classes is not None and label >= nb_classes:
@@ -101,8 +109,11 @@ def read_list(list_file: str, kind: str, sep: str = " ", data_root: str = "",
                 total = int(fields[1])
                 if total < 1:
                     raise ListError(f"{where}: total_frames must be >= 1, got {total}")
+            duration = float(fields[2]) if kind == "long_video" else None
+            if duration is not None and duration < 0:
+                raise ListError(f"{where}: negative duration {duration}")
             samples.append(Sample(path=resolve_path(fields[0], data_root, list_file), rel_path=fields[0],
-                                  label=label, total_frames=total, line_no=line_no))
+                                  label=label, total_frames=total, line_no=line_no, duration=duration))
     if not samples:
         raise ListError(f"data list is empty: {list_file}")
     return samples

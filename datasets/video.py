@@ -6,6 +6,10 @@ Items (see the data contract):
     val   -> (clip, label, video_id, ok)
     test  -> (clip, label, video_id, chunk_nb, split_nb, ok)   len = videos x test_num_segment x test_num_crop
 
+LongVideoClsDataset (LVU / COIN / Breakfast ``video_path label duration`` lists): every item is a window of a video
+(VideoMamba's ``--trimmed`` / ``--time_stride``; datasets.sampling.trimmed_windows), so len counts windows; a test
+item's ``chunk_nb`` is ``window * test_num_segment + view``, so the merge averages every window's views per video.
+
 Unreadable samples: in train they are replaced by a random other sample; ``bad`` names the files this item
 replaced, newline-joined ('' when none), so the engine can count distinct files over the whole run (all workers
 and ranks) against --max_bad_samples and log each once. A worker that alone has seen more than
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from dataclasses import dataclass
 from functools import partial
 from typing import List, Optional, Tuple
 
@@ -28,9 +33,18 @@ from torch.utils.data import Dataset
 from utils.errors import TooManyBadSamplesError, UnreadableEvalSampleError
 
 from .lists import Sample, read_list
-from .sampling import SCHEMES, describe_convention, sample_indices, scheme_for
+from .sampling import (
+    SCHEMES,
+    TIME_STRIDE_DEFAULT,
+    TRIMMED_DEFAULT,
+    describe_convention,
+    sample_indices,
+    scheme_for,
+    trimmed_windows,
+    window_frames,
+)
 from .transforms import RESIZE_MODES, VideoTrainTransform, video_eval_transform
-from .video_io import VideoReadError, read_rawframes, read_video_frames
+from .video_io import VideoReadError, open_video, read_rawframes, read_video_frames
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +207,52 @@ class RawFrameClsDataset(_ClipDataset):
     def read_frames(self, sample: Sample, mode: str, view: int = 0) -> np.ndarray:
         indices = self._index_fn(mode, view)(sample.total_frames)
         return read_rawframes(sample.path, indices, self.filename_tmpl, self.start_idx)
+
+
+@dataclass(frozen=True)
+class WindowSample(Sample):
+    """One ``--trimmed`` window of a long video: seconds ``start``..``end``, ``window``-th of its video."""
+    start: float = 0.0
+    end: float = 0.0
+    window: int = 0
+
+
+class LongVideoClsDataset(VideoClsDataset):
+    """``video_path label duration`` lists (VideoMamba's LVU class, used upstream for LVU, COIN and Breakfast):
+    each video is cut into windows of ``trimmed`` seconds every ``time_stride`` seconds, one item per window."""
+
+    kind = "long_video"
+
+    def __init__(self, list_file: str, mode: str = "train", *, trimmed: int = TRIMMED_DEFAULT,
+                 time_stride: int = TIME_STRIDE_DEFAULT, **kwargs):
+        self.trimmed, self.time_stride = int(trimmed), int(time_stride)
+        kwargs.setdefault("scheme", "lvu_trimmed")
+        super().__init__(list_file, mode, **kwargs)
+        if self.scheme != "lvu_trimmed":
+            raise ValueError(f"LongVideoClsDataset samples with the lvu_trimmed scheme, not {self.scheme!r}")
+        self.videos: List[Sample] = self.samples
+        self.samples = [WindowSample(**{**v.__dict__, "start": a, "end": b, "window": w})
+                        for v in self.videos
+                        for w, (a, b) in enumerate(trimmed_windows(v.duration, self.trimmed, self.time_stride))]
+
+    @property
+    def convention(self) -> str:
+        return describe_convention(self.scheme, self.resize_mode, self.sampling_rate, self.trimmed, self.time_stride)
+
+    def read_frames(self, sample: WindowSample, mode: str, view: int = 0) -> np.ndarray:
+        video = open_video(sample.path, self.video_reader)
+        window = window_frames(sample.start, sample.end, video.fps)
+        indices = sample_indices(len(video), self.num_frames, self.sampling_rate, mode, view, self.test_num_segment,
+                                 scheme=self.scheme, window=window)
+        return video.get(indices)
+
+    def __getitem__(self, index: int):
+        item = super().__getitem__(index)
+        if self.mode != "test":
+            return item
+        clip, label, vid, chunk_nb, split_nb, ok = item
+        window = self.samples[index // (self.test_num_segment * self.test_num_crop)].window
+        return clip, label, vid, window * self.test_num_segment + chunk_nb, split_nb, ok
 
 
 def multiple_samples_collate(batch):

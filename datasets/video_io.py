@@ -69,6 +69,7 @@ class DecordVideo:
         try:
             self._vr = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
             self._n = len(self._vr)
+            self.fps = float(self._vr.get_avg_fps())  # what VideoMamba's LVU turns window seconds into frames with
         except Exception as e:  # decord raises RuntimeError / DECORDError with long C++ messages
             raise VideoReadError(path, f"decord cannot open it ({error_text(e)})") from e
 
@@ -103,6 +104,9 @@ class PyAVVideo:
             with av.open(path) as container:
                 if not container.streams.video:
                     raise VideoReadError(path, "no video stream")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
+                self.fps = float(rate) if rate else 0.0
                 # keep the decoded (yuv) frames; only the requested ones are converted to RGB in get()
                 self._frames = list(container.decode(video=0))
         except VideoReadError:

@@ -80,10 +80,10 @@ def test_every_upstream_option_is_accepted():
 
 def test_ignored_flags_are_warned_once(capsys):
     flags = ["--model", "videomambapro_test", "--use_learnable_pos_emb", "--num_segments", "2", "--drop", "0.1",
-             "--trimmed", "30", "--dry_run"]
+             "--dry_run"]
     rcf.get_args_parser().parse_args(flags)
     out = capsys.readouterr().out
-    for name in ("--use_learnable_pos_emb", "--num_segments", "--drop", "--trimmed"):
+    for name in ("--use_learnable_pos_emb", "--num_segments", "--drop"):
         assert name in out
     rcf.get_args_parser().parse_args(flags)
     assert "accepted but without effect" not in capsys.readouterr().out  # once per process

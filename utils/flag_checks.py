@@ -33,9 +33,31 @@ def validate_args(args) -> list[str]:
     if getattr(args, "dist_timeout", 1.0) is not None and getattr(args, "dist_timeout", 1.0) <= 0:
         errors.append("--dist_timeout must be > 0 minutes")
     errors += _check_sizes(args)
+    errors += _check_long_video(args, warnings)
     if errors:
         raise SystemExit("error: " + "\n  ".join(errors))
     return warnings
+
+
+def _check_long_video(args, warnings: list) -> list[str]:
+    """--trimmed / --time_stride: VideoMamba's long-video windows, meaningful for LVU / COIN / Breakfast only (whether
+    the list has the duration column they need is checked when the dataset is built)."""
+    from datasets.sampling import LONG_VIDEO_DATA_SETS
+
+    errors = []
+    data_set = getattr(args, "data_set", None)
+    given = [f for f in ("trimmed", "time_stride") if getattr(args, f, None) is not None]
+    for flag in given:
+        if getattr(args, flag) < 1:
+            errors.append(f"--{flag} {getattr(args, flag)}: must be >= 1 (seconds)")
+    if given and data_set not in LONG_VIDEO_DATA_SETS:
+        errors.append(f"{' / '.join('--' + f for f in given)} appl{'y' if len(given) > 1 else 'ies'} only to --data_set "
+                      f"{' / '.join(LONG_VIDEO_DATA_SETS)} (VideoMamba's long-video windows); --data_set {data_set} "
+                      f"samples whole videos: drop the flag")
+    if data_set in LONG_VIDEO_DATA_SETS and (getattr(args, "sampling_rate", 0) or 0) > 0:
+        warnings.append(f"--data_set {data_set}: lists with a duration column are sampled in --trimmed windows, one "
+                        f"frame per segment, without --sampling_rate {args.sampling_rate} (as upstream's LVU class)")
+    return errors
 
 
 def _check_sizes(args) -> list[str]:
