@@ -2,8 +2,9 @@
 them in timm: ``videomambapro_{tiny,small,middle}``, ``videomamba_{tiny,small,middle}`` (video), the ``*_image``
 variants, and the small ``*_test`` / ``*_demo`` variants; the baselines ``timesformer_{tiny,small,base}``,
 ``vivit_{tiny,small,base}`` (factorised encoder) and ``videomambaout_{tiny,small,middle}`` (gated CNN, no SSM),
-each with ``*_test`` / ``*_demo`` variants (``videomambaout_*_image`` too)."""
-from . import timesformer, videomambaout, videomambapro, vivit  # noqa: F401  (registers the models)
+each with ``*_test`` / ``*_demo`` variants (``videomambaout_*_image`` too); the masked-pretraining students
+``videomambapro_{size}_pretrain`` / ``videomamba_{size}_pretrain`` (``videomamba_pretrain``)."""
+from . import timesformer, videomamba_pretrain, videomambaout, videomambapro, vivit  # noqa: F401  (registers the models)
 from ._common import MODEL_SIZES, PRO_OPTIONS
 from .checkpoint import load_checkpoint_file, load_pretrained
 from .videomambapro import VideoMambaPro, checkpoint_filter_fn
