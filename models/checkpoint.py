@@ -211,6 +211,9 @@ def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, 
         for k in [k for k in out if k.split(".")[0] == prefix]:
             del out[k]
         note(f"dropped {prefix}.* ({_FOREIGN_HEADS[prefix]})")
+    if "clip_decoder" in dropped and not any(k.startswith("head.") for k in out):  # a pretraining checkpoint
+        fill_from_model(out, model, lambda k: k.startswith("head."), "the classifier head (a masked-pretraining "
+                        "checkpoint has none)", report, note)
     if "norm.weight" in out and "norm.weight" not in own and "norm_f.weight" in own and "norm_f.weight" not in out:
         out["norm_f.weight"] = out.pop("norm.weight")  # VideoMamba's masked-pretraining encoder names it 'norm'
         note("renamed the pretraining encoder's final norm.weight -> norm_f.weight")
