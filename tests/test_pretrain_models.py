@@ -262,3 +262,27 @@ def test_no_teacher_grads_and_loss_falls():
     assert all(p.grad is None for p in teacher.parameters())
     assert min(losses[:20]) < 0.5 * losses[0] and losses[-1] < 0.1 * losses[0], losses[::5]
     assert time.time() - t0 < 60
+
+
+def test_activation_checkpointing_same_outputs_and_grads():
+    """use_checkpoint runs the block segments between returned layers through run_blocks: same values and grads."""
+    x, mask = _clip(), _mask(2, 0.75)
+    outs = []
+    for ckpt in (False, True):
+        m = _student(clip_return_layer=2, use_checkpoint=ckpt, checkpoint_num=0)
+        y = m(x, mask)
+        y.sum().backward()
+        outs.append((y.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    assert outs[0][1].keys() == outs[1][1].keys() == dict(m.named_parameters()).keys()  # every parameter learns
+    for n, g in outs[0][1].items():
+        assert torch.allclose(g, outs[1][1][n], atol=1e-5), n
+
+
+def test_teacher_runs_fp32_on_cpu_unless_told():
+    t = _teacher()
+    assert t(_clip()).dtype == torch.float32 and next(t.vit.parameters()).dtype == torch.float32
+    tb = _teacher(dtype=torch.bfloat16)
+    f = tb(_clip())
+    assert next(tb.vit.parameters()).dtype == torch.bfloat16 and f.dtype == torch.float32
+    assert torch.allclose(f.norm(dim=-1), torch.ones(f.shape[:-1]), atol=1e-3)
