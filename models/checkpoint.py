@@ -186,7 +186,8 @@ def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, 
     """The shared steps of the filters on an unwrapped dict, for a model with the VideoMamba embedding layout
     (``patch_embed.proj``, ``pos_embed`` with one cls position, ``temporal_pos_embedding``, ``head``): inflate a
     2-D patch kernel (``inflate='center'`` as VideoMamba's ``inflate_weight``, or ``'average'``); drop VideoMamba's
-    foreign heads; rename the pretraining encoder's ``norm``; resize ``pos_embed`` (bicubic) and
+    foreign heads (a masked-pretraining checkpoint's missing head keeps the model's initialisation, named in
+    ``report['initialised']``); rename the pretraining encoder's ``norm``; resize ``pos_embed`` (bicubic) and
     ``temporal_pos_embedding`` (linear); zero-fill a missing temporal embedding (image checkpoint); drop a head
     whose shape does not fit (``report['head_dropped']``)."""
     log = log or (lambda *a, **k: None)

@@ -140,9 +140,12 @@ class VideoMambaProPretrain(VideoMambaPro):
 
 def select_visible(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The teacher's targets at the student's visible positions: ``feats (K, B, 1 + N, C)`` (cls first) and
-    ``mask (B, N)`` (True = masked) -> ``(K, B, 1 + N_vis, C)``."""
-    index = VideoMambaProPretrain.visible_index(mask.to(feats.device), feats.shape[2] - 1)
-    K, B, _, C = feats.shape
+    ``mask (B, N)`` (True = masked) -> ``(K, B, 1 + N_vis, C)``; a teacher without cls (``(K, B, N, C)``) ->
+    ``(K, B, N_vis, C)``."""
+    K, B, L, C = feats.shape
+    has_cls = L == mask.shape[1] + 1
+    index = VideoMambaProPretrain.visible_index(mask.to(feats.device), L - 1 if has_cls else L)
+    index = index if has_cls else index[:, 1:] - 1
     return feats.gather(2, index[None, ..., None].expand(K, -1, -1, C))
 
 

@@ -192,6 +192,11 @@ def test_teacher_frozen_shapes_and_normalisation():
     assert (attn >= 0).all() and (attn.sum(-1) < 1).all()  # softmax over cls + patches, restricted to patches
     f2 = _teacher(return_cls=False, norm_type="none")(_clip(seed=1))
     assert f2.shape == (2, 2, T * N, 192) and not torch.allclose(f2.norm(dim=-1), torch.ones(2, 2, T * N))
+    mask = _mask(2, 0.75)
+    with_cls, no_cls = select_visible(feats, mask), select_visible(f2, mask)
+    assert with_cls.shape == (2, 2, 1 + T * N // 4, 192) and no_cls.shape == (2, 2, T * N // 4, 192)
+    vis = (~mask[0]).nonzero()[:, 0]
+    assert torch.equal(with_cls[:, 0, 1:], feats[:, 0, 1 + vis]) and torch.equal(no_cls[:, 0], f2[:, 0, vis])
     # input resized to the teacher's size; per-frame: frame 0's tokens depend on frame 0 only
     x = _clip(seed=1)
     big = F.interpolate(x.transpose(1, 2).flatten(0, 1), size=(64, 64), mode="nearest").view(2, T, 3, 64, 64)
