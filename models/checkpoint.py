@@ -189,7 +189,8 @@ def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, 
     """The shared steps of the filters on an unwrapped dict, for a model with the VideoMamba embedding layout
     (``patch_embed.proj``, ``pos_embed`` with one cls position, ``temporal_pos_embedding``, ``head``): inflate a
     2-D patch kernel (``inflate='center'`` as VideoMamba's ``inflate_weight``, or ``'average'``); drop VideoMamba's
-    foreign heads; rename the pretraining encoder's ``norm``; resize ``pos_embed`` (bicubic) and
+    foreign heads (a masked-pretraining checkpoint's missing head keeps the model's initialisation, named in
+    ``report['initialised']``); rename the pretraining encoder's ``norm``; resize ``pos_embed`` (bicubic) and
     ``temporal_pos_embedding`` (linear); zero-fill a missing temporal embedding (image checkpoint); drop a head
     whose shape does not fit (``report['head_dropped']``)."""
     log = log or (lambda *a, **k: None)
@@ -215,9 +216,9 @@ def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, 
             del out[k]
             report.setdefault("dropped", []).append(k)
         note(f"dropped {prefix}.* ({_FOREIGN_HEADS[prefix]})")
-    if dropped and not any(k.startswith("head.") for k in out) and any(k.startswith("head.") for k in own):
-        report["head_dropped"] = True  # a pretraining checkpoint (foreign head, no classifier): the head stays fresh
-        note("the checkpoint has no classifier head (pretraining weights): the model's head stays freshly initialised")
+    if dropped and not any(k.startswith("head.") for k in out):  # a pretraining checkpoint: no classifier head
+        fill_from_model(out, model, lambda k: k.startswith("head."), "the classifier head (a pretraining checkpoint "
+                        "has none)", report, note)
     if "norm.weight" in out and "norm.weight" not in own and "norm_f.weight" in own and "norm_f.weight" not in out:
         out["norm_f.weight"] = out.pop("norm.weight")  # VideoMamba's masked-pretraining encoder names it 'norm'
         note("renamed the pretraining encoder's final norm.weight -> norm_f.weight")
