@@ -13,28 +13,15 @@ from __future__ import annotations
 import torch
 
 
-def visible_tokens(feats: torch.Tensor, mask: torch.Tensor, with_cls: bool) -> torch.Tensor:
-    """``feats`` (K, B, [1 +] L, C) at the visible tokens of ``mask`` (B, L) (True = masked), the cls first when
-    ``with_cls``: (K, B, [1 +] L_vis, C). Every row of ``mask`` has the same number masked."""
-    K, B, _, C = feats.shape
-    keep = ~mask
-    if with_cls:
-        keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
-    if keep.shape[1] != feats.shape[2]:
-        raise ValueError(f"teacher features have {feats.shape[2]} tokens, the mask {mask.shape[1]} "
-                         f"(+1 cls: {with_cls})")
-    return feats[:, keep].reshape(K, B, -1, C)
-
-
 class ClipDistillStep:
     def __init__(self, teacher, *, loss_type: str = "l2", loss_ratio: float = 1.0, mask_type: str = "tube",
                  mask_ratio: float = 0.75, return_cls: bool = True):
         from datasets.masking import attention_mask
-        from models.videomamba_pretrain import pretrain_loss
+        from models.videomamba_pretrain import pretrain_loss, select_visible
 
         self.teacher, self.loss_type, self.loss_ratio = teacher, loss_type, float(loss_ratio)
         self.mask_type, self.mask_ratio, self.return_cls = mask_type, float(mask_ratio), bool(return_cls)
-        self._attention_mask, self._loss = attention_mask, pretrain_loss
+        self._attention_mask, self._loss, self._select = attention_mask, pretrain_loss, select_visible
         pretrain_loss(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), loss_type)  # an unknown type fails here, not later
 
     def __call__(self, model, clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -47,7 +34,7 @@ class ClipDistillStep:
                     raise RuntimeError("--mask_type attention needs the teacher's attention (--clip_return_attn)")
                 mask = self._attention_mask(attn.float(), self.mask_ratio)
             mask = mask.to(device=clips.device, dtype=torch.bool)
-            target = visible_tokens(feats, mask, self.return_cls)
+            target = self._select(feats, mask)
         pred = model(clips, mask)
         if not self.return_cls:  # the student's token 0 is its cls token; the teacher gave none
             pred = pred[:, :, 1:]
