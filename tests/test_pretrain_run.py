@@ -95,3 +95,46 @@ def test_videomamba_pretraining_command_dry_runs_unchanged():
     out = _run(ENTRY, *argv, "--dry_run", "--device", "cpu")
     assert "dry run: arguments, model, datasets and optimizer built" in out
     assert "model videomamba_middle_pretrain:" in out
+
+
+# ------------------------------------------------------------------ the exp/pretrain recipes under torchrun, 2 ranks
+from tests.test_recipes_torchrun import _recipe, synth  # noqa: E402,F401  (the K400-format synthetic set fixture)
+
+TINY = ["--input_size", "32", "--short_side_size", "32", "--num_frames", "4", "--num_segments", "4", "--batch_size",
+        "2", "--num_workers", "1", "--warmup_epochs", "0", "--print_freq", "1"]
+
+
+def _clip_tiny(model):
+    return [*TINY, "--model", model, "--clip_decoder_embed_dim", "32", *TEACHER]
+
+
+RECIPES = {  # recipe -> (tiny overrides, whether its DeepSpeed run is in the default suite; the rest are slow)
+    "pretrain/videomambapro_middle_mask_pt_k400.sh": (_clip_tiny("videomambapro_test_pretrain"), False),
+    "pretrain/videomamba_middle_mask_pt_k400.sh": (_clip_tiny("videomamba_test_pretrain"), False),
+    "pretrain/videomambapro_middle_mask_pt_ssv2.sh": (_clip_tiny("videomambapro_test_pretrain"), False),
+    "pretrain/videomamba_middle_mask_pt_ssv2.sh": (_clip_tiny("videomamba_test_pretrain"), False),
+    "pretrain/videomambapro_middle_maskfeat_k400.sh": ([*TINY, "--model", "videomambapro_test_maskfeat"], True),
+}
+
+
+def _cases():
+    for recipe, (_, ds_default) in RECIPES.items():
+        for ds in (False, True):
+            default = (not ds and recipe == "pretrain/videomambapro_middle_mask_pt_k400.sh") or (ds and ds_default)
+            yield pytest.param(recipe, ds, marks=() if default else pytest.mark.slow, id=f"{recipe}-{'ds' if ds else 'native'}")
+
+
+@pytest.mark.parametrize("recipe,deepspeed", list(_cases()))
+def test_pretraining_recipe_two_ranks_bf16_trains_saves_resumes(synth, tmp_path, recipe, deepspeed):  # noqa: F811
+    out = tmp_path / "run"
+    extra = list(RECIPES[recipe][0]) + (["--enable_deepspeed", "--zero_stage", "2"] if deepspeed else [])
+    env = dict(DATA_PATH=str(synth / "k400" / "train.csv"), DATA_ROOT=str(synth / "data"))
+    first = _recipe(recipe, out, *extra, "--epochs", "1", **env)
+    assert "distributed init (torchrun, cpu:gloo): rank 0/2" in first and "precision: bf16" in first
+    assert f"back end: {'deepspeed' if deepspeed else 'native'}" in first
+    second = _recipe(recipe, out, *extra, "--epochs", "2", **env)
+    assert "auto-resume" in second and "start epoch 1" in second
+    rows = _log(out)
+    assert [x["epoch"] for x in rows if "epoch" in x] == [0, 1]
+    assert all(x["train_loss"] == x["train_loss"] for x in rows if "epoch" in x)  # finite, logged
+    assert (out / "checkpoint-latest.pth").is_file()
