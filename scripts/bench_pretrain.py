@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 
 import torch
@@ -37,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no_bf16", action="store_true", help="fp32 (CUDA default: bf16 autocast; CPU: fp32)")
+    p.add_argument("--mem_worker", nargs=2, metavar=("STEP", "FRAMES"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -77,7 +79,26 @@ def _steps(args, frames, device):
     }, {"tokens": mask.shape[1] + 1, "visible": n_vis}
 
 
+def _train_step(fn, bf16, device):
+    def one():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = fn()
+        loss.backward()
+    return one
+
+
+def _cpu_memory(step, frames, argv):
+    """Peak RSS growth (MiB) of one step, in a fresh process with a fixed mmap threshold (freed memory goes back to
+    the system, so each row's peak is its own)."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", "cpu", "--mem_worker", step, str(frames)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_bench.cpu_malloc_env())
+    if p.returncode != 0:
+        raise RuntimeError(f"memory worker failed for {step} at {frames} frames:\n{p.stderr[-2000:]}")
+    return float(p.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
@@ -86,6 +107,14 @@ def main(argv=None):
     args.batch_size = args.batch_size or (2 if cpu else 8)
     frames_list = args.frames or ([8] if cpu else [8, 16])
     bf16 = not cpu and not args.no_bf16
+    if args.mem_worker:  # one CPU memory measurement, printed as the last line
+        name, frames = args.mem_worker[0], int(args.mem_worker[1])
+        one = _train_step(_steps(args, frames, device)[0][name], bf16, device)
+        one()  # lazy initialisation outside the measured step
+        rss0 = (_bench.reset_rss_peak(), _bench.proc_status_mb("VmRSS"))[1]
+        one()
+        print(_bench.proc_status_mb("VmHWM") - rss0)
+        return
     timer = _bench.Timer(device)
     print(f"device {device}, size {args.size}, img {args.img_size}, batch {args.batch_size}, mask ratio "
           f"{args.mask_ratio}, bf16 {bf16}; time and memory ratios vs the fine-tuning step")
@@ -96,16 +125,10 @@ def main(argv=None):
         steps, info = _steps(args, frames, device)
         rows = {}
         for name, fn in steps.items():
-            def one(fn=fn):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = fn()
-                loss.backward()
-            if cpu:
-                rss0 = (_bench.reset_rss_peak(), _bench.proc_status_mb("VmRSS"))[1]
-            else:
+            if not cpu:
                 _bench.reset_peak(device)
-            sec = timer.measure(one, args.warmup, args.iters)
-            mem = _bench.proc_status_mb("VmHWM") - rss0 if cpu else _bench.peak_mib(device)
+            sec = timer.measure(_train_step(fn, bf16, device), args.warmup, args.iters)
+            mem = _cpu_memory(name, frames, argv) if cpu else _bench.peak_mib(device)
             rows[name] = (sec, mem)
         t0, m0 = rows["finetune"]
         for name, (sec, mem) in rows.items():
