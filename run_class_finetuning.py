@@ -288,6 +288,10 @@ def get_args_parser(description="VideoMambaPro fine-tuning and evaluation", data
                         "(videomamba_tiny.in1k, videomamba_small.k400_f16_res224, ...: python scripts/eval_zoo.py "
                         "--list), an hf-hub:ORG/REPO/FILE name, or none (from scratch)")
     g.add_argument("--model_key", default="model|module")
+    g.add_argument("--finetune_final_norm", choices=("drop", "rename"), default="drop",
+                   help="a masked-pretraining encoder's final norm.weight (VideoMamba's *_mask_pt_* files): drop it "
+                        "and start norm_f fresh, as VideoMamba's fine-tuning does (its non-strict load finds no "
+                        "'norm' in the classifier), or rename it to norm_f")
     g.add_argument("--orig_t_size", type=int, default=None, help="frames of the --finetune checkpoint (informative: "
                    "the checkpoint's temporal embedding decides)")
     g.add_argument("--trust_checkpoint", action="store_true",

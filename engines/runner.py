@@ -253,7 +253,7 @@ def _model(args, wiring: Wiring, resume_path, reason: str, log):
         try:
             report = wiring.load_pretrained(model, args.finetune, model_key=args.model_key,
                                             orig_t_size=args.orig_t_size, trust_checkpoint=args.trust_checkpoint,
-                                            log=log)
+                                            log=log, final_norm=getattr(args, "finetune_final_norm", None))
         except (RuntimeError, FileNotFoundError, KeyError) as e:
             raise SystemExit(f"error: --finetune {args.finetune}: {clean_message(e)}") from e
         log(f"--finetune report: {report}")

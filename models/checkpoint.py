@@ -185,7 +185,11 @@ def prepare_state_dict(state_dict, report, log=print, extra_prefixes=(), keys=WR
     return dict(state_dict), note
 
 
-def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, inflate="center"):
+FINAL_NORMS = ("drop", "rename")  # what a classifier does with a masked-pretraining encoder's final 'norm.weight'
+
+
+def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, inflate="center",
+                  final_norm="drop"):
     """The shared steps of the filters on an unwrapped dict, for a model with the VideoMamba embedding layout
     (``patch_embed.proj``, ``pos_embed`` with one cls position, ``temporal_pos_embedding``, ``head``): inflate a
     2-D patch kernel (``inflate='center'`` as VideoMamba's ``inflate_weight``, or ``'average'``); drop VideoMamba's
@@ -220,8 +224,19 @@ def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, 
         fill_from_model(out, model, lambda k: k.startswith("head."), "the classifier head (a pretraining checkpoint "
                         "has none)", report, note)
     if "norm.weight" in out and "norm.weight" not in own and "norm_f.weight" in own and "norm_f.weight" not in out:
-        out["norm_f.weight"] = out.pop("norm.weight")  # VideoMamba's masked-pretraining encoder names it 'norm'
-        note("renamed the pretraining encoder's final norm.weight -> norm_f.weight")
+        # VideoMamba's masked-pretraining encoder names its final norm 'norm'; upstream's fine-tuning loads it
+        # non-strictly into a model whose final norm is 'norm_f', so the weight is dropped and norm_f starts fresh
+        if final_norm not in FINAL_NORMS:
+            raise ValueError(f"final_norm must be one of {FINAL_NORMS}, got {final_norm!r}")
+        if final_norm == "rename":
+            out["norm_f.weight"] = out.pop("norm.weight")
+            note("renamed the pretraining encoder's final norm.weight -> norm_f.weight (--finetune_final_norm rename)")
+        else:
+            del out["norm.weight"]
+            report.setdefault("dropped", []).append("norm.weight")
+            fill_from_model(out, model, lambda k: k == "norm_f.weight", "norm_f.weight (the pretraining encoder's "
+                            "final norm.weight is dropped, as VideoMamba's fine-tuning does; --finetune_final_norm "
+                            "rename loads it instead)", report, note)
 
     pos = out.get("pos_embed")
     if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
@@ -257,12 +272,13 @@ def video_surgery(state_dict, model, report, note, orig_t_size=None, log=print, 
     return out
 
 
-def video_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center"):
+def video_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center", final_norm="drop"):
     """A VideoMamba / VideoMambaPro state dict (any known wrapping) for ``model``: ``prepare_state_dict`` then
     ``video_surgery``; actions are logged and appended to ``report['actions']``."""
     report = report if report is not None else {}
     state_dict, note = prepare_state_dict(state_dict, report, log)
-    return video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate)
+    return video_surgery(state_dict, model, report, note, orig_t_size=orig_t_size, log=log, inflate=inflate,
+                         final_norm=final_norm)
 
 
 def fill_from_model(out, model, predicate, what, report, note):
@@ -295,11 +311,13 @@ def _depths(unexpected, own: dict, ckpt: dict) -> str:
 
 
 def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", orig_t_size=None,
-                    expected_missing=None, trust_checkpoint: bool = False, log=print) -> dict:
+                    expected_missing=None, trust_checkpoint: bool = False, log=print, final_norm=None) -> dict:
     """Load weights into ``model`` following the contract above. Returns a report dict with keys
     ``source, model_key, prefixes_stripped, actions, head_dropped, missing, unexpected, loaded``.
 
     ``expected_missing``: extra keys the caller expects to stay missing (besides a dropped head).
+    ``final_norm``: ``FINAL_NORMS``, what a classifier does with a masked-pretraining encoder's ``norm.weight``
+    (default: the filter's own, ``drop`` = VideoMamba's fine-tuning); passed to filters that take it.
     Raises RuntimeError if the missing-key set differs from the expected one, or on a shape mismatch
     that cannot be converted.
     """
@@ -319,7 +337,15 @@ def load_pretrained(model, path_or_state_dict, model_key: str = "model|module", 
         raise RuntimeError(f"checkpoint {source} is a model of width {have} (embedding dim), but "
                            f"{type(model).__name__} here has width {want}: another model size (e.g. Ti=192, S=384, "
                            f"M=576); pick the --model that matches the checkpoint")
-    state_dict = checkpoint_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report)
+    extra = {}
+    if final_norm is not None:
+        import inspect
+
+        if final_norm not in FINAL_NORMS:
+            raise ValueError(f"final_norm must be one of {FINAL_NORMS}, got {final_norm!r}")
+        if "final_norm" in inspect.signature(checkpoint_filter_fn).parameters:
+            extra["final_norm"] = final_norm
+    state_dict = checkpoint_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report, **extra)
 
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]

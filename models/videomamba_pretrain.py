@@ -167,8 +167,10 @@ def pretrain_loss(student: torch.Tensor, target: torch.Tensor, loss_type: str = 
 def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center"):
     """A VideoMamba ``*_mask_pt_*`` / our pretraining state dict (any known wrapping) for ``model``: unwraps
     ``model``/``module``, strips prefixes, renames the final ``norm.weight`` -> ``norm_f.weight`` and resizes the
-    embeddings (``models.checkpoint.video_filter_fn``; the ``clip_decoder`` keys are kept, the model has them)."""
-    return video_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report, inflate=inflate)
+    embeddings (``models.checkpoint.video_filter_fn``; the ``clip_decoder`` keys are kept, the model has them). The
+    student's final norm is the same layer as upstream's ``norm``, so it is always renamed, never dropped."""
+    return video_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report, inflate=inflate,
+                           final_norm="rename")
 
 
 default_cfgs = generate_default_cfgs({

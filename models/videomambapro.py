@@ -211,18 +211,22 @@ class VideoMambaPro(ClassifierMixin, nn.Module):
                            prenorm=False, residual_in_fp32=self.residual_in_fp32, backend=self.scan_backend)
 
 
-def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center"):
+def checkpoint_filter_fn(state_dict, model, orig_t_size=None, log=print, report=None, inflate="center",
+                         final_norm="drop"):
     """Convert a VideoMamba / VideoMambaPro state dict (any known wrapping) for ``model``.
 
     Unwraps ``model``/``module``/``state_dict``; strips ``module.``/``_orig_mod.``/``backbone.``/
     ``encoder.`` (and keeps only ``student.*`` of a distillation wrapper); inflates a 2-D patch kernel
     (``inflate='center'`` as VideoMamba's ``inflate_weight``, or ``'average'``); drops VideoMamba's
     ``distill_head`` / ``clip_decoder``; resizes ``pos_embed`` (bicubic) and ``temporal_pos_embedding``
-    (linear); zero-fills a missing temporal embedding (image checkpoint); drops a head whose shape does not
+    (linear); zero-fills a missing temporal embedding (image checkpoint); drops a masked-pretraining encoder's
+    final ``norm.weight`` as VideoMamba's fine-tuning does (``final_norm='rename'``: loaded as ``norm_f``); drops a
+    head whose shape does not
     fit. Actions are logged and appended to ``report['actions']`` (``report['head_dropped']`` is set).
     The steps are ``models.checkpoint``'s (``prepare_state_dict`` + ``video_surgery``), shared with the baselines.
     """
-    return video_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report, inflate=inflate)
+    return video_filter_fn(state_dict, model, orig_t_size=orig_t_size, log=log, report=report, inflate=inflate,
+                           final_norm=final_norm)
 
 
 _image = dict(num_classes=1000)

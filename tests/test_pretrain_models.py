@@ -180,6 +180,28 @@ def test_pretrain_checkpoint_finetunes_into_the_classifier(tmp_path):
             assert torch.equal(dst.state_dict()[k], v), k
 
 
+@pytest.mark.parametrize("final_norm", [None, "drop", "rename"])
+def test_videomamba_mask_pt_final_norm_into_the_classifier(final_norm):
+    """VideoMamba's *_mask_pt_* file into a classifier: its final norm.weight is dropped and norm_f starts fresh, as
+    upstream's non-strict fine-tuning load does (the default); --finetune_final_norm rename loads it as norm_f."""
+    src = _student()
+    with torch.no_grad():
+        src.norm_f.weight.mul_(3.0)
+    upstream = {("norm.weight" if k == "norm_f.weight" else k): v for k, v in src.state_dict().items()}
+    dst = timm.create_model("videomamba_test")
+    fresh = dst.norm_f.weight.detach().clone()
+    rep = load_pretrained(dst, {"model": upstream}, log=_quiet, final_norm=final_norm)
+    assert rep["unexpected"] == [] and rep["missing"] == []
+    if final_norm == "rename":
+        assert torch.equal(dst.norm_f.weight, upstream["norm.weight"]) and "norm.weight" not in rep.get("dropped", [])
+    else:
+        assert torch.equal(dst.norm_f.weight, fresh) and "norm.weight" in rep["dropped"]
+        assert "norm_f.weight" in rep["initialised"]
+    assert torch.equal(dst.layers[0].mixer.in_proj.weight, upstream["layers.0.mixer.in_proj.weight"])
+    with pytest.raises(ValueError, match="final_norm"):
+        load_pretrained(timm.create_model("videomamba_test"), {"model": upstream}, log=_quiet, final_norm="keep")
+
+
 def test_teacher_frozen_shapes_and_normalisation():
     t = _teacher(return_attn=True)
     assert isinstance(t, ClipTeacher) and t.output_dim == 192 and t.return_index == [10, 11]
