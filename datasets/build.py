@@ -82,34 +82,35 @@ def resolve_nb_classes(args) -> Optional[int]:
     return int(given) if given is not None else fixed
 
 
-def is_rawframe_list(list_file: str, sep: str = " ") -> bool:
-    """True when the list's first row is ``folder total_frames label`` (two integer columns at the end), the
-    raw-frame format; False for ``video_path label``. A missing or empty list counts as not raw frames."""
-    from .lists import _INT_RE, split_row
+def _first_row(list_file: str, sep: str) -> list:
+    """The first non-empty row of ``list_file`` split into at most 3 fields; [] for a missing or empty list."""
+    from .lists import split_row
 
     if not os.path.isfile(list_file):
-        return False
+        return []
     with open(list_file, encoding="utf-8-sig") as f:
         for line in f:
             if line.strip():
-                fields = split_row(line, sep, 3)
-                return bool(fields) and all(_INT_RE.match(x) for x in fields[1:])
-    return False
+                return split_row(line, sep, 3) or []
+    return []
+
+
+def is_rawframe_list(list_file: str, sep: str = " ") -> bool:
+    """True when the list's first row is ``folder total_frames label`` (two integer columns at the end), the
+    raw-frame format; False for ``video_path label``. A missing or empty list counts as not raw frames."""
+    from .lists import _INT_RE
+
+    fields = _first_row(list_file, sep)
+    return bool(fields) and all(_INT_RE.match(x) for x in fields[1:])
 
 
 def is_long_video_list(list_file: str, sep: str = " ") -> bool:
     """True when the list's first row is ``video_path label duration`` (an integer label, then a number of
     seconds): VideoMamba's LVU / COIN / Breakfast format. A missing or empty list counts as not one."""
-    from .lists import _INT_RE, _NUM_RE, split_row
+    from .lists import _INT_RE, _NUM_RE
 
-    if not os.path.isfile(list_file):
-        return False
-    with open(list_file, encoding="utf-8-sig") as f:
-        for line in f:
-            if line.strip():
-                fields = split_row(line, sep, 3)
-                return bool(fields) and bool(_INT_RE.match(fields[1])) and bool(_NUM_RE.match(fields[2]))
-    return False
+    fields = _first_row(list_file, sep)
+    return len(fields) == 3 and bool(_INT_RE.match(fields[1])) and bool(_NUM_RE.match(fields[2]))
 
 
 def use_rawframes(args, list_file: str) -> bool:
