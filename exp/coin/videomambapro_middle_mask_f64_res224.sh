@@ -5,6 +5,7 @@
 # exp/RECIPES.md lists every recipe against upstream (tests/test_recipes_upstream.py fails on drift).
 # Total batch: GPUS 8 x batch_size 4 x update_freq 1 x num_sample 2 = 64 clips; effective lr 2e-4 x 64 / 256 = 5e-05.
 # Fewer GPUs, same total batch: raise --update_freq by the same factor, e.g. GPUS=4 bash exp/coin/videomambapro_middle_mask_f64_res224.sh --update_freq 2.
+# Test views: 4 x 3, as this upstream script passes (its other COIN scripts test 10 x 3).
 set -euo pipefail
 source "$(dirname "$0")/../launch.sh"
 
