@@ -9,6 +9,7 @@
     python scripts/build_lists.py ucf101 --splits_dir ucfTrainTestlist --split_id 1 --videos /data/UCF-101 --out L
     python scripts/build_lists.py hmdb51 --splits_dir testTrainMulti_7030_splits --split_id 1 --videos /data/hmdb51 --out L
     python scripts/build_lists.py breakfast --train Breakfast/train.csv --test Breakfast/test.csv --videos V --out L
+    python scripts/build_lists.py breakfast ... --with_duration   # video_path,label,duration (seconds) rows
     python scripts/build_lists.py coin --annotations COIN.json --videos /data/coin/videos --out L
 
 Writes into ``--out``: ``train.csv``, ``val.csv``, ``test.csv`` (``video_path label`` rows, paths relative to
@@ -34,7 +35,10 @@ What each dataset's files are and how they become labels:
   preparation follows ViS4mer), video ``P03/cam01/P03_cereals.<ext>`` for ``P03-cam01-P03_cereals``; COIN:
   ``COIN.json`` (``database``: id -> ``recipe_type`` (label), ``class``, ``subset`` training / testing), video
   ``<id>.<ext>`` anywhere under ``--videos``. VideoMamba trains both as ``Kinetics_sparse`` lists
-  (``path,label``); val = test.
+  (``path,label``); val = test. ``--with_duration`` adds a third column, the video's duration in seconds (frames /
+  frame rate, from the probe), for the long-video windows (``--data_set Breakfast|COIN --trimmed 60 --time_stride
+  16``, e.g. exp/breakfast/videomambapro_middle_f32_res224_trimmed.sh); not by default, because ``Kinetics_sparse``
+  reads a three-column list as raw frames.
 
 Every listed video is probed first, in parallel, the way the training loader opens it (datasets/video_io.py:
 open, count frames, decode the first and last frame); a malformed row, an unknown class, a duplicate, a missing
@@ -68,6 +72,9 @@ from utils.parallel import parallel_map  # noqa: E402
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv", ".wmv")
 SPLITS = ("train", "val", "test")
 REPORT = "build_report.txt"
+_LONG_NAMES = {"breakfast": "Breakfast", "coin": "COIN"}
+_WITH_DURATION = ("rows video_path,label,duration (seconds, from the probe) for --data_set Breakfast / COIN "
+                  "--trimmed 60 --time_stride 16; without it path,label (the Kinetics_sparse lists upstream uses)")
 LABELS = "labels.txt"
 
 
@@ -126,12 +133,18 @@ def _quiet_decoders() -> None:
 
 
 def probe_job(job) -> tuple:
-    """``(path, kind, reader, tmpl, start_idx)`` -> ("ok", frames, height, width) or ("bad", reason)."""
-    from datasets.video_io import VideoReadError, error_text, probe_rawframes, probe_video
+    """``(path, kind, reader, tmpl, start_idx[, with_duration])`` -> ("ok", frames, height, width[, seconds]) or
+    ("bad", reason). The duration is frames / the frame rate the training loader reads (datasets/video_io.py)."""
+    from datasets.video_io import VideoReadError, error_text, open_video, probe_rawframes, probe_video
 
-    path, kind, reader, tmpl, start_idx = job
+    path, kind, reader, tmpl, start_idx = job[:5]
     try:
         p = probe_rawframes(path, tmpl, start_idx) if kind == "rawframe" else probe_video(path, reader)
+        if len(job) > 5 and job[5]:
+            fps = float(getattr(open_video(path, reader), "fps", 0.0) or 0.0)
+            if not fps > 0:
+                return ("bad", "no frame rate in the file: its duration is unknown (--with_duration)")
+            return ("ok", p.frames, p.height, p.width, p.frames / fps)
         return ("ok", p.frames, p.height, p.width)
     except VideoReadError as e:
         return ("bad", e.reason)
@@ -139,8 +152,15 @@ def probe_job(job) -> tuple:
         return ("bad", error_text(e))
 
 
-def _line(rel: str, label: int, frames: Optional[int], sep: str) -> str:
-    cols = [rel, str(frames), str(label)] if frames is not None else [rel, str(label)]
+def _duration_text(seconds: float) -> str:
+    return f"{seconds:.3f}"
+
+
+def _line(rel: str, label: int, frames: Optional[int], sep: str, duration: Optional[float] = None) -> str:
+    if duration is not None:  # long_video: video_path label duration
+        cols = [rel, str(label), _duration_text(duration)]
+    else:
+        cols = [rel, str(frames), str(label)] if frames is not None else [rel, str(label)]
     return sep.join(cols) if sep.strip() else " ".join(cols)
 
 
@@ -160,10 +180,11 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def _write_report(ann: Annotations, out: str, dataset: str, kind: str, videos: str, sep: str, probe: bool,
-                  counts: dict) -> None:
+                  counts: dict, with_duration: bool = False) -> None:
     head = [f"# build_lists.py {dataset}: {len(ann.classes)} classes ({LABELS}), "
             f"{'frame folders' if kind == 'rawframe' else 'videos'} under {videos}, separator {sep!r}"
-            + ("" if probe else ", NOT probed (--no_probe)")]
+            + ("" if probe else ", NOT probed (--no_probe)")
+            + (", rows video_path label duration (seconds)" if with_duration else "")]
     head += [f"# {s}: {counts[s][0]} listed, {counts[s][1]} dropped" for s in SPLITS]
     other = sum(d.split not in SPLITS for d in ann.dropped)
     if other:
@@ -175,8 +196,10 @@ def _write_report(ann: Annotations, out: str, dataset: str, kind: str, videos: s
 
 def build(ann: Annotations, videos: str, out: str, *, kind: str = "video", sep: Optional[str] = None,
           workers: int = 0, reader: str = "decord", probe: bool = True, filename_tmpl: str = "img_{:05}.jpg",
-          start_idx: int = 1, dataset: str = "", log=print) -> dict:
+          start_idx: int = 1, dataset: str = "", with_duration: bool = False, log=print) -> dict:
     """Resolve, probe and list ``ann``'s rows; write the lists, labels.txt and the report into ``out``.
+    ``with_duration``: videos only, rows ``video_path label duration`` (seconds, from the probe; datasets/lists.py's
+    ``long_video`` kind).
 
     Returns {"lists": {split: path}, "counts": {split: (listed, dropped)}, "dropped": [Dropped], "labels": path,
     "report": path}."""
@@ -185,8 +208,13 @@ def build(ann: Annotations, videos: str, out: str, *, kind: str = "video", sep: 
         raise SystemExit(f"error: {'--frames' if kind == 'rawframe' else '--videos'} {videos}: folder not found")
     if not ann.classes:
         raise SystemExit("error: no classes in the annotations")
+    if with_duration and kind != "video":
+        raise SystemExit("error: --with_duration lists videos (video_path label duration), not frame folders")
+    if with_duration and not probe:
+        raise SystemExit("error: --with_duration measures each video's duration with the probe: drop --no_probe")
     os.makedirs(out, exist_ok=True)
-    ncols = 3 if kind == "rawframe" else 2
+    ncols = 3 if kind == "rawframe" or with_duration else 2
+    list_kind = "long_video" if with_duration else kind
     index = VideoIndex(videos) if kind == "video" else None
     resolved: Dict[str, List[tuple]] = {}
     jobs = {}
@@ -210,7 +238,7 @@ def build(ann: Annotations, videos: str, out: str, *, kind: str = "video", sep: 
                 continue
             seen[rel] = row.where
             resolved[split].append((row, rel))
-            jobs.setdefault(rel, (os.path.join(videos, rel), kind, reader, filename_tmpl, start_idx))
+            jobs.setdefault(rel, (os.path.join(videos, rel), kind, reader, filename_tmpl, start_idx, with_duration))
     order = sorted(jobs)
     if probe:
         results = dict(zip(order, parallel_map(probe_job, [jobs[r] for r in order], workers=workers,
@@ -232,17 +260,18 @@ def build(ann: Annotations, videos: str, out: str, *, kind: str = "video", sep: 
                 ann.drop(split, row.where, rel, f"unreadable: {res[1]}")
                 continue
             frames = res[1] if kind == "rawframe" else None
-            line = _line(rel, row.label, frames, sep)
+            duration = res[4] if with_duration else None
+            line = _line(rel, row.label, frames, sep, duration)
             if not _listable(rel, line, sep, ncols):
                 ann.drop(split, row.where, rel, f"path cannot be written in a list separated by {sep!r}")
                 continue
             lines.append(line + "\n")
-            expect.append((rel, row.label, frames))
+            expect.append((rel, row.label, float(_duration_text(duration)) if with_duration else frames))
         texts[split] = ("".join(lines), expect)
     for split in SPLITS:
         counts[split] = (len(texts[split][1]), sum(d.split == split for d in ann.dropped))
     empty = [s for s in SPLITS if not counts[s][0]]
-    _write_report(ann, out, dataset, kind, videos, sep, probe, counts)
+    _write_report(ann, out, dataset, kind, videos, sep, probe, counts, with_duration)
     if empty:
         raise SystemExit(f"error: no {' / '.join(empty)} video is left to list; nothing written but the report "
                          f"{os.path.join(out, REPORT)}, which names every dropped row")
@@ -250,8 +279,8 @@ def build(ann: Annotations, videos: str, out: str, *, kind: str = "video", sep: 
     for split in SPLITS:
         path = os.path.join(out, f"{split}.csv")
         _write_atomic(path, texts[split][0])
-        back = [(s.rel_path, s.label, s.total_frames) for s in
-                read_list(path, kind, sep=sep, data_root=videos, nb_classes=len(ann.classes))]
+        back = [(s.rel_path, s.label, s.duration if with_duration else s.total_frames) for s in
+                read_list(path, list_kind, sep=sep, data_root=videos, nb_classes=len(ann.classes))]
         if back != texts[split][1]:  # pragma: no cover - _listable makes every line parse back
             raise RuntimeError(f"{path} does not read back as written")
         lists[split] = path
@@ -270,7 +299,9 @@ def build(ann: Annotations, videos: str, out: str, *, kind: str = "video", sep: 
             log(f"  ... and {len(ann.dropped) - 20} more")
     flag_sep = sep if sep.strip() else " "
     log(f"[build_lists] {len(ann.classes)} classes -> {labels}; train with --data_path {out} --data_root {videos} "
-        f"--split '{flag_sep}' --nb_classes {len(ann.classes)}")
+        f"--split '{flag_sep}' --nb_classes {len(ann.classes)}"
+        + (f" --data_set {_LONG_NAMES.get(dataset, 'LVU')} --trimmed 60 --time_stride 16 (durations listed)"
+           if with_duration else ""))
     return {"lists": lists, "counts": counts, "dropped": list(ann.dropped), "labels": labels, "report": report}
 
 
@@ -316,11 +347,13 @@ def get_parser() -> argparse.ArgumentParser:
         u.add_argument("--split_id", type=int, default=1, choices=(1, 2, 3), help="official split 1, 2 or 3")
         _common(u)
     b = sub.add_parser("breakfast", help="ViS4mer's Breakfast train.csv / test.csv")
+    b.add_argument("--with_duration", action="store_true", help=_WITH_DURATION)
     b.add_argument("--train", required=True)
     b.add_argument("--test", required=True)
     _common(b)
     c = sub.add_parser("coin", help="COIN.json")
     c.add_argument("--annotations", required=True, help="COIN.json")
+    c.add_argument("--with_duration", action="store_true", help=_WITH_DURATION)
     _common(c)
     return p
 
@@ -354,7 +387,7 @@ def main(argv=None) -> int:
     if kind == "rawframe":
         extra = dict(filename_tmpl=a.filename_tmpl, start_idx=a.start_idx)
     build(ann, root, a.out, kind=kind, sep=a.sep, workers=a.workers, reader=a.video_reader, probe=not a.no_probe,
-          dataset=a.dataset, **extra)
+          dataset=a.dataset, with_duration=getattr(a, "with_duration", False), **extra)
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Every exp/k400, exp/ssv2, exp/imagenet and exp/pretrain recipe against VideoMamba's published script it reproduces.
+"""Every exp/k400, ssv2, imagenet, pretrain, breakfast, coin and lvu recipe against the VideoMamba script it reproduces.
 
     python scripts/recipes_table.py            # write exp/RECIPES.md
     python scripts/recipes_table.py --check    # exit 1 if exp/RECIPES.md is stale or a recipe drifted
@@ -8,7 +8,8 @@ Each recipe is run with DRY_RUN=1 and a stand-in python that records its command
 line is parsed by the entry point's own parser (so defaults are the ones a real run gets). Its values are compared
 with the upstream row of exp/upstream/videomamba_recipes.csv (empty cells: upstream's defaults, below). A
 difference is drift unless ``INTENDED`` gives the reason; tests/test_recipes_upstream.py runs the same check.
-The masked-pretraining recipes (exp/pretrain) are compared by scripts/_recipes_pretrain.py.
+The masked-pretraining recipes (exp/pretrain) are compared by scripts/_recipes_pretrain.py, the long-video ones
+(exp/breakfast, exp/coin, exp/lvu) by scripts/_recipes_long.py with the rows of exp/upstream/videomamba_long_recipes.csv.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from scripts import _recipes_long as lg  # noqa: E402
 from scripts import _recipes_pretrain as pt  # noqa: E402
 
 EXP = os.path.join(ROOT, "exp")
@@ -61,6 +63,8 @@ def upstream_script(rel: str):
     ds, name = rel.split("/")
     if ds == "pretrain":
         return pt.upstream_script(rel)
+    if lg.is_long(rel):
+        return lg.upstream_script(rel)
     size = next(s for s in SIZES if f"_{s}_" in name)
     if ds == "imagenet":
         return ("image_sm/exp_distill/videomamba_middle/run224.sh" if size == "middle"
@@ -93,6 +97,7 @@ for _f in (8, 16):
         "upstream passes --finetune twice, the SSV2 mask-pretrained file then ${MODEL_PATH} (it wins; unset, the "
         "command fails); ours starts from that file")
 INTENDED.update(pt.INTENDED)
+INTENDED.update(lg.INTENDED)
 
 
 def _shim(folder: str) -> str:
@@ -178,8 +183,15 @@ def ours(rel: str) -> dict:
 
 
 def upstream_rows() -> dict:
+    """The rows of the shared csv, plus those of exp/upstream/videomamba_long_recipes.csv (scripts it lacks)."""
     with open(UPSTREAM_CSV, newline="") as f:
-        return {r["script"]: r for r in csv.DictReader(f)}
+        rows = {r["script"]: r for r in csv.DictReader(f)}
+    long_rows = lg.long_rows(EXP)
+    both = sorted(set(rows) & set(long_rows))
+    if both:
+        raise ValueError(f"{lg.LONG_CSV_NAME} repeats scripts of {os.path.basename(UPSTREAM_CSV)}: {both}")
+    rows.update(long_rows)
+    return rows
 
 
 def upstream(row: dict) -> dict:
@@ -224,7 +236,7 @@ def recipes() -> list:
     for ds in ("k400", "ssv2", "imagenet"):
         folder = os.path.join(EXP, ds)
         out += sorted(f"{ds}/{n}" for n in os.listdir(folder) if n.endswith(".sh") and n.startswith("videomambapro_"))
-    return out + pt.recipes(EXP)
+    return out + pt.recipes(EXP) + lg.recipes(EXP)
 
 
 def compare(rel: str, rows=None) -> dict:
@@ -232,6 +244,8 @@ def compare(rel: str, rows=None) -> dict:
     rows = rows if rows is not None else upstream_rows()
     if rel.startswith("pretrain/"):
         return pt.compare(rel, rows)
+    if lg.is_long(rel):
+        return lg.compare(rel, rows)
     script = upstream_script(rel)
     up = upstream(rows[script])
     me = ours(rel)
@@ -302,7 +316,7 @@ def render(results: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for rel, res in results.items():
-        if rel.startswith("pretrain/"):
+        if rel.startswith("pretrain/") or lg.is_long(rel):
             continue
         me = res["ours"]
         image = rel.startswith("imagenet/")
@@ -324,6 +338,7 @@ def render(results: dict) -> str:
         "beat.",
     ]
     lines += pt.render({rel: r for rel, r in results.items() if rel.startswith("pretrain/")})
+    lines += lg.render({rel: r for rel, r in results.items() if lg.is_long(rel)})
     return "\n".join(lines)
 
 

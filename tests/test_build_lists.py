@@ -278,3 +278,50 @@ def test_coin_json(clips, tmp_path):
     _, rows = report_rows(res)
     assert [r[1] for r in rows] == ["COIN.json:vid_c", "COIN.json:vid_e"]
     assert all(r[3].startswith("malformed entry") for r in rows)
+
+
+def test_breakfast_and_coin_lists_with_durations(clips, tmp_path, capsys):
+    """--with_duration: rows video_path,label,duration (seconds = frames / frame rate, from the probe) that read back
+    as the long_video kind and build --data_set Breakfast --trimmed windows; without it the lists stay path,label."""
+    from datasets.build import is_long_video_list
+    from datasets.lists import read_list
+    from datasets.video import LongVideoClsDataset
+
+    v = tmp_path / "videos"
+    (v / "P03" / "cam01").mkdir(parents=True)
+    long_clip = make_clip(0, np.random.default_rng(1), frames=20, size=32)
+    write_mp4(str(v / "P03" / "cam01" / "P03_cereals.avi"), long_clip, fps=8)  # 20 frames at 8 fps: 2.5 s
+    put(clips, v, "P40/webcam02/P40_tea.avi")  # 6 frames at 8 fps: 0.75 s
+    put(clips, v, "P41/cam01/P41_tea.avi", "truncated.mp4")
+    hdr = "file_name,duration,action,class_id\n"
+    (tmp_path / "train.csv").write_text(hdr + "P03-cam01-P03_cereals,56,cereals,0\n")
+    (tmp_path / "test.csv").write_text(hdr + "P40-webcam02-P40_tea,30,tea,1\nP41-cam01-P41_tea,20,tea,1\n")
+    ann = bl.parse_breakfast(str(tmp_path / "train.csv"), str(tmp_path / "test.csv"))
+    res = run(ann, v, tmp_path / "l", dataset="breakfast", with_duration=True)
+    assert read(res["lists"]["train"]) == "P03/cam01/P03_cereals.avi,0,2.500\n"
+    assert read(res["lists"]["test"]) == read(res["lists"]["val"]) == "P40/webcam02/P40_tea.avi,1,0.750\n"
+    assert "rows video_path label duration (seconds)" in read(res["report"])
+    assert "P41/cam01/P41_tea.avi\tunreadable" in read(res["report"])  # probed as before: a bad file is dropped
+    samples = read_list(res["lists"]["train"], "long_video", sep=",", data_root=str(v))
+    assert [(s.rel_path, s.label, s.duration) for s in samples] == [("P03/cam01/P03_cereals.avi", 0, 2.5)]
+    assert is_long_video_list(res["lists"]["test"], ",")
+    args = default_data_args(data_set="Breakfast", data_path=str(tmp_path / "l"), data_root=str(v), split=",",
+                             num_frames=2, input_size=32, short_side_size=32, trimmed=2, time_stride=1)
+    ds, nb = build_dataset(True, False, args)
+    assert nb == 10 and isinstance(ds, LongVideoClsDataset) and len(ds) == 2  # 2.5 s: windows at 0 s and 1 s
+    assert ds[0][0].shape == (3, 2, 32, 32)
+    # the default stays upstream's Kinetics_sparse format; the flag needs the probe; the command line has it
+    plain = run(bl.parse_breakfast(str(tmp_path / "train.csv"), str(tmp_path / "test.csv")), v, tmp_path / "p",
+                dataset="breakfast")
+    assert read(plain["lists"]["train"]) == "P03/cam01/P03_cereals.avi,0\n"
+    with pytest.raises(SystemExit, match="drop --no_probe"):
+        run(ann, v, tmp_path / "x", dataset="breakfast", with_duration=True, probe=False)
+    db = {"vid_a": {"recipe_type": 0, "class": "ArcWeld", "subset": "training"},
+          "vid_b": {"recipe_type": 0, "class": "ArcWeld", "subset": "testing"}}
+    (tmp_path / "COIN.json").write_text(json.dumps({"database": db}))
+    put(clips, v, "coin/vid_a.mp4")
+    put(clips, v, "coin/vid_b.mp4")
+    assert bl.main(["coin", "--annotations", str(tmp_path / "COIN.json"), "--videos", str(v / "coin"), "--out",
+                    str(tmp_path / "c"), "--workers", "1", "--with_duration"]) == 0
+    assert read(tmp_path / "c" / "train.csv") == "vid_a.mp4,0,0.750\n"
+    assert "--data_set COIN --trimmed 60 --time_stride 16" in capsys.readouterr().out

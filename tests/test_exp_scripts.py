@@ -68,6 +68,13 @@ def test_recipes_exist_for_every_dataset():
         assert f"k400/videomambapro_middle_mask_f{f}_res224.sh" in names
     for f in (8, 16):
         assert f"ssv2/videomambapro_middle_mask_f{f}_res224.sh" in names
+    for ds in ("breakfast", "coin"):  # VideoMamba's long-video scripts (32 and 64 frames, from K400 models)
+        for f in (32, 64):
+            for size in ("tiny", "small", "middle", "middle_mask"):
+                assert f"{ds}/videomambapro_{size}_f{f}_res224.sh" in names
+            assert f"{ds}/videomamba_middle_mask_f{f}_res224.sh" in names
+    assert {"breakfast/videomambapro_middle_f32_res224_trimmed.sh", "lvu/videomamba_tiny_f32_res224_trimmed.sh",
+            "lvu/videomambapro_tiny_f32_res224_trimmed.sh"} <= names
     pretrain = {os.path.relpath(p, os.path.join(ROOT, "exp")) for p in PRETRAIN_RECIPES}
     assert pretrain == {f"pretrain/{m}_middle_mask_pt_{ds}.sh" for m in ("videomamba", "videomambapro")
                         for ds in ("k400", "ssv2")} | {"pretrain/videomambapro_middle_maskfeat_k400.sh"}
@@ -80,12 +87,15 @@ def test_recipe_dry_run(recipe, tmp_path):
     rel = os.path.relpath(recipe, ROOT)
     assert args.epochs == 1  # extra flags are appended and win
     assert args.output_dir == str(tmp_path / "out")
-    expected_classes = {"k400": 400, "ssv2": 174, "ucf101": 101, "hmdb51": 51, "imagenet": 1000}[rel.split(os.sep)[1]]
+    expected_classes = {"k400": 400, "ssv2": 174, "ucf101": 101, "hmdb51": 51, "imagenet": 1000, "breakfast": 10,
+                        "coin": 180, "lvu": 10}[rel.split(os.sep)[1]]
     assert args.nb_classes == expected_classes
     if "_f" in rel:
         frames = int(rel.split("_f")[1].split("_")[0])
         assert args.num_frames == frames
-        assert args.input_size == int(rel.split("_res")[1].split(".")[0])
+        assert args.input_size == int(rel.split("_res")[1].split(".")[0].split("_")[0])
+    if rel.endswith("_trimmed.sh"):  # long-video windows (VideoMamba's LVU sampling)
+        assert (args.data_set in ("Breakfast", "COIN", "LVU"), args.trimmed, args.time_stride) == (True, 60, 16)
 
 
 @pytest.mark.parametrize("recipe", PRETRAIN_RECIPES, ids=[os.path.relpath(p, ROOT) for p in PRETRAIN_RECIPES])

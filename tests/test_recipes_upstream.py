@@ -1,5 +1,5 @@
-"""Every exp/k400, exp/ssv2, exp/imagenet and exp/pretrain recipe equals the VideoMamba script it reproduces
-(exp/upstream/videomamba_recipes.csv), except where scripts/recipes_table.py's INTENDED says why; exp/RECIPES.md is
+"""Every exp/k400, ssv2, imagenet, pretrain, breakfast, coin and lvu recipe equals the VideoMamba script it reproduces
+(exp/upstream/videomamba_recipes.csv; the long-video ones exp/upstream/videomamba_long_recipes.csv), except where scripts/recipes_table.py's INTENDED says why; exp/RECIPES.md is
 the generated table. The recipes are captured with DRY_RUN=1 and parsed by their entry point (nothing is built)."""
 import filecmp
 import os
@@ -19,8 +19,10 @@ def results():
 
 def test_every_recipe_has_an_upstream_script(results):
     rows = rt.upstream_rows()
-    assert len(results) == 38  # 27 from ImageNet, 6 from masked pretraining (_mask), 5 masked pretraining
+    # 27 from ImageNet, 6 from masked pretraining (_mask), 5 masked pretraining, 23 long-video (Breakfast, COIN, LVU)
+    assert len(results) == 61
     assert sum(rel.startswith("pretrain/") for rel in results) == 5
+    assert sum(rt.lg.is_long(rel) for rel in results) == 23
     for rel in results:
         if rel in rt.pt.OURS:  # ours, no upstream script: listed with its source, not skipped
             assert rt.upstream_script(rel) is None and results[rel]["script"] is None, rel
@@ -119,6 +121,99 @@ def test_pretraining_drift_is_detected(tmp_path, monkeypatch):
         assert [(f, o, u) for f, o, u, why in res["diffs"] if not why] == [expected]
 
 
+
+LONG_SCRIPTS = sorted([f"video_sm/exp/{ds}/videomamba_{size}/run_f{f}x224.sh" for ds in ("breakfast", "coin")
+                       for size in ("tiny", "small", "middle", "middle_mask") for f in (32, 64)]
+                      + ["video_sm/exp/lvu/run_class_trim.sh"])
+
+
+def test_every_upstream_long_video_script_has_recipes(results):
+    """Each of VideoMamba's 16 Breakfast / COIN scripts (and LVU's run_class_trim.sh) has its row in the side csv and
+    a VideoMambaPro recipe; the M *MASK* ones and LVU's also a VideoMamba one; one _trimmed Breakfast recipe is ours."""
+    long_rows = rt.lg.long_rows(rt.EXP)
+    assert sorted(long_rows) == LONG_SCRIPTS
+    assert not set(long_rows) & set(rt.pt.pretrain_rows(rt.EXP))
+    with open(rt.UPSTREAM_CSV) as f:  # the shared csv has none of them (else the side file would repeat it)
+        assert not any(s in f.read() for s in LONG_SCRIPTS)
+    by_script = {}
+    for rel, r in results.items():
+        if rt.lg.is_long(rel):
+            by_script.setdefault(r["script"], []).append((r["ours"]["model"], rel.endswith("_trimmed.sh")))
+    assert sorted(by_script) == LONG_SCRIPTS
+    for script, models in by_script.items():
+        up_model = long_rows[script]["model"]
+        faithful = sorted(m for m, trimmed in models if not trimmed or "/lvu/" in script)
+        if "_mask/" in script or "/lvu/" in script:
+            assert faithful == sorted([up_model, up_model.replace("videomamba_", "videomambapro_")]), script
+        else:
+            assert faithful == [up_model.replace("videomamba_", "videomambapro_")], script
+    assert sorted(rel for rel in results if rel.endswith("_trimmed.sh")) == [
+        "breakfast/videomambapro_middle_f32_res224_trimmed.sh", "lvu/videomamba_tiny_f32_res224_trimmed.sh",
+        "lvu/videomambapro_tiny_f32_res224_trimmed.sh"]
+
+
+def test_long_video_recipes(results):
+    """Spot checks straight from the upstream scripts; the faithful ones keep Kinetics_sparse (whole video)."""
+    def me(rel):
+        return results[rel]["ours"]
+
+    for rel, r in results.items():
+        if not rt.lg.is_long(rel):
+            continue
+        m = r["ours"]
+        assert m["start"].startswith(f"videomamba_{rt._LETTER[m['size']]}16_k400_") and "_mask_pt_" not in m["start"]
+        assert m["nb_classes"] == {"breakfast": 10, "coin": 180, "lvu": 10}[rel.split("/")[0]], rel
+        assert m["orig_t_size"] == m["num_frames"] and m["args"].split == ","
+        if rel.endswith("_trimmed.sh"):
+            assert m["windows"] == "60 s every 16 s" and m["data_set"] in ("Breakfast", "LVU"), rel
+        else:
+            assert (m["data_set"], m["windows"]) == ("Kinetics_sparse", "whole video"), rel
+        if rel.split("/")[1].startswith("videomamba_"):
+            assert r["diffs"] == [], rel  # VideoMamba's own runs: no difference at all
+    t64 = me("coin/videomambapro_tiny_f64_res224.sh")
+    assert (t64["gpus"], t64["batch_size"], t64["epochs"], t64["test_num_segment"], t64["start"]) == \
+        (16, 16, 40, 10, "videomamba_t16_k400_f32_res224.pth")  # upstream's Ti 64 starts from the 32-frame model
+    assert me("coin/videomamba_middle_mask_f64_res224.sh")["test_num_segment"] == 4  # upstream's one 4 x 3 COIN run
+    bm = me("breakfast/videomamba_middle_mask_f32_res224.sh")
+    assert (bm["epochs"], bm["drop_path"], bm["layer_decay"], bm["start"]) == \
+        (45, 0.4, 0.8, "videomamba_m16_k400_mask_ft_f32_res224.pth")
+    assert rt.lg.published_top1("breakfast/videomamba_middle_mask_f32_res224.sh")[0] == 97.9
+    lvu = me("lvu/videomamba_tiny_f32_res224_trimmed.sh")
+    assert (lvu["lr"], lvu["drop_path"], lvu["epochs"], lvu["args"].trimmed, lvu["args"].time_stride) == \
+        (4e-4, 0.15, 70, 60, 16)
+    why = {f for f, _, _, r in results["breakfast/videomambapro_middle_f32_res224_trimmed.sh"]["diffs"] if r}
+    assert why == {"model", "data_set", "windows"}
+
+
+def test_long_video_drift_is_detected(tmp_path, monkeypatch):
+    """A Breakfast / COIN recipe whose test views, class count or sampling moved from VideoMamba's is reported; the
+    _trimmed recipe's reason covers its 60 s / 16 s windows only, not another stride."""
+    fake_exp = tmp_path / "exp"
+    for d in ("coin", "breakfast", "upstream"):
+        (fake_exp / d).mkdir(parents=True)
+    for f in ("launch.sh", os.path.join("upstream", rt.lg.LONG_CSV_NAME)):
+        (fake_exp / f).write_text(open(os.path.join(rt.EXP, f)).read())
+    monkeypatch.setattr(rt, "EXP", str(fake_exp))
+    rows = rt.upstream_rows()
+    cases = [("coin/videomambapro_small_f32_res224.sh", "--test_num_segment 10 ", "--test_num_segment 4 ",
+              ("test_num_segment", 4, 10)),
+             ("coin/videomamba_middle_mask_f64_res224.sh", "--nb_classes 180 ", "--nb_classes 10 ",
+              ("nb_classes", 10, 180)),
+             ("breakfast/videomambapro_tiny_f32_res224.sh", "--data_set 'Kinetics_sparse' ", "--data_set 'Breakfast' ",
+              ("data_set", "Breakfast", "Kinetics_sparse")),
+             ("breakfast/videomambapro_middle_f32_res224_trimmed.sh", "--time_stride 16 ", "--time_stride 8 ",
+              ("windows", "60 s every 8 s", "whole video"))]
+    for rel, old, new, expected in cases:
+        src = open(os.path.join(ROOT, "exp", rel)).read()
+        assert old in src, (rel, old)
+        (fake_exp / rel).write_text(src.replace(old, new))
+        res = rt.compare(rel, rows)
+        drift = [(f, o, u) for f, o, u, why in res["diffs"] if not why]
+        if expected[0] == "data_set":  # a Breakfast list read with durations: its windows move too
+            assert drift == [expected, ("windows", "60 s every 16 s", "whole video")], rel
+        else:
+            assert drift == [expected], rel
+
 def test_key_upstream_values(results):
     """Spot checks straight from VideoMamba's scripts (the issue's list of drifts)."""
     def me(rel):
@@ -135,6 +230,8 @@ def test_key_upstream_values(results):
     assert me("ssv2/videomambapro_small_f16_res224.sh")["epochs"] == 30
     assert me("ssv2/videomambapro_tiny_f8_res224.sh")["test_num_segment"] == 2
     for rel in results:
+        if rt.lg.is_long(rel):  # Breakfast / COIN / LVU start from K400 fine-tuned models: test_long_video_recipes
+            continue
         if "_mask_f" in rel:  # VideoMamba-M's released masked-pretraining encoder of the same dataset by default
             assert results[rel]["ours"]["start"] == f"videomamba_m16_{rel.split('/')[0]}_mask_pt_f8_res224.pth", rel
         elif not rel.startswith(("imagenet/", "pretrain/")) and "_res224" in rel:
