@@ -52,6 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--train_crop_scale", type=float, default=1.0, help="as run_demo.py")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--dry_run", action="store_true", help="parse the three runs' flags with their entry points and "
+                   "exit (exp/launch.sh DRY_RUN=1)")
     return p
 
 
@@ -71,15 +73,40 @@ def label_subset(train_list: str, fraction: float, out: str) -> tuple:
     return len(kept), len(rows)
 
 
+def pretrain_flags(a, out: str) -> list:
+    flags = dict(PRETRAIN_FLAGS)
+    flags.update({"--model": f"{a.model}_maskfeat", "--epochs": str(a.pretrain_epochs), "--seed": str(a.seed),
+                  "--data_path": a.data_path, "--output_dir": out, "--log_dir": os.path.join(out, "tensorboard")})
+    return [x for kv in flags.items() for x in kv] + ["--no_auto_resume", "--no_pin_mem"]
+
+
+def finetune_flags(a, out: str, subset: str, start: str) -> list:
+    d = argparse.Namespace(model=a.model, epochs=a.finetune_epochs, seed=a.seed, data_path=a.data_path,
+                           output_dir=out, extra=["--train_list", subset, "--finetune", start])
+    return run_demo.finetune_flags(d)
+
+
+def dry_run(a) -> dict:
+    """The three runs' command lines, parsed by their own entry points (nothing is written or built)."""
+    import run_class_finetuning as ft
+    import run_videomamba_pretraining as pt
+    from utils.config import parse_with_config
+
+    out = a.output_dir
+    parse_with_config(pt.get_args_parser(), pretrain_flags(a, os.path.join(out, "pretrain")))
+    for name, start in (("ft_pretrained", os.path.join(out, "pretrain", "checkpoint-latest.pth")),
+                        ("ft_scratch", "none")):
+        parse_with_config(ft.get_args_parser(), finetune_flags(a, os.path.join(out, name), "subset.csv", start))
+    print("dry run: the pretraining and both fine-tuning command lines parse; exiting without training")
+    return {"dry_run": True}
+
+
 def pretrain(a, out: str) -> float:
     import run_videomamba_pretraining as pt
     from engines.runner import run
     from utils.config import parse_with_config
 
-    flags = dict(PRETRAIN_FLAGS)
-    flags.update({"--model": f"{a.model}_maskfeat", "--epochs": str(a.pretrain_epochs), "--seed": str(a.seed),
-                  "--data_path": a.data_path, "--output_dir": out, "--log_dir": os.path.join(out, "tensorboard")})
-    argv = [x for kv in flags.items() for x in kv] + ["--no_auto_resume", "--no_pin_mem"]
+    argv = pretrain_flags(a, out)
     print("[pretrain demo] python run_videomamba_pretraining.py " + " ".join(argv), flush=True)
     t0 = time.time()
     args = parse_with_config(pt.get_args_parser(), argv)
@@ -89,9 +116,7 @@ def pretrain(a, out: str) -> float:
 
 
 def finetune(a, out: str, subset: str, start: str) -> dict:
-    d = argparse.Namespace(model=a.model, epochs=a.finetune_epochs, seed=a.seed, data_path=a.data_path,
-                           output_dir=out, extra=["--train_list", subset, "--finetune", start])
-    flags = run_demo.finetune_flags(d)
+    flags = finetune_flags(a, out, subset, start)
     print("[pretrain demo] python run_class_finetuning.py " + " ".join(flags), flush=True)
     run_demo.run_finetuning(flags, a.train_crop_scale)
     return run_demo.read_log(out)
@@ -103,6 +128,8 @@ def main(argv=None) -> dict:
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.dry_run:
+        return dry_run(a)
     t0 = time.time()
     run_demo.ensure_dataset(a)
     os.makedirs(a.output_dir, exist_ok=True)

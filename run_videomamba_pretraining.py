@@ -29,12 +29,13 @@ IGNORED_PRETRAIN_FLAGS = (
     ("decoder_depth", 4, "VideoMAE's pixel decoder; the CLIP-aligned student has a linear decoder"),
     ("normlize_target", "True", "VideoMAE's pixel-target normalisation; no pixel target here"),
     ("clip_decoder_type", "SA_Decoder", "VideoMamba's student always uses its linear clip_decoder (head + norm)"),
+    ("color_jitter", 0.0, "VideoMAE's pretraining colour jitter; its video pretraining pipeline applies none either"),
 )
 
 
 def get_args_parser():
     p = ft.get_args_parser("VideoMambaPro masked video pretraining", data_set_default="video",
-                           honoured=("num_segments",))
+                           honoured=("num_segments", "color_jitter"))
     p.resolvers.insert(0, resolve_pretrain_args)
     g = p.add_argument_group("masked pretraining")
     g.add_argument("--objective", choices=OBJECTIVES, default=None,
@@ -73,7 +74,7 @@ def get_args_parser():
     p.set_defaults(model="videomambapro_middle_pretrain", epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_lr=1e-6,
                    warmup_epochs=40, save_ckpt_freq=50, drop_path=0.0, num_frames=16, sampling_rate=4, num_sample=1,
                    flip=False, aa="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.0, defaults="ours",
-                   disable_eval_during_finetuning=True, test_at_end=False, color_jitter=0.0)
+                   disable_eval_during_finetuning=True, test_at_end=False)
     return p
 
 

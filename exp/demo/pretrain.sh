@@ -5,9 +5,11 @@
 # a 2-core CPU. The recipes are PRETRAIN_FLAGS in run_pretrain_demo.py and DEMO_FLAGS in run_demo.py.
 #   bash exp/demo/pretrain.sh [run_pretrain_demo.py flags, e.g. --label_fraction 0.2 --pretrain_epochs 6]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-exec python run_pretrain_demo.py \
-    --data_path "${DATA_PATH:-data/synthetic}" \
-    --output_dir "${OUTPUT_DIR:-output/pretrain_demo}" \
+source "$(dirname "$0")/../launch.sh"
+export LAUNCHER=python   # one process (the demo runs its three trainings one after the other)
+
+launch run_pretrain_demo.py \
+    --data_path "${DATA_PATH:-$REPO_ROOT/data/synthetic}" \
+    --output_dir "${OUTPUT_DIR:-$REPO_ROOT/output/pretrain_demo}" \
     --seed "${SEED:-0}" \
     "$@"
