@@ -357,7 +357,10 @@ def _validate(args, loaders, backend, model_ema, log_writer, epoch: int, log) ->
 
 
 def _test_at_end(args, loaders, backend, best: dict, stats: dict, log) -> dict:
-    """The multi-view test after training (with checkpoint-best.pth under --test_best), else the last val."""
+    """The multi-view test after training (with checkpoint-best.pth under --test_best), else the last val; a run
+    without either (masked pretraining) reports its last training loss."""
+    if "test" not in loaders and "val" not in loaders:
+        return {"train_loss": stats.get("train_loss"), "last_epoch": stats.get("epoch")}
     result = {"best_val_acc1": best["acc1"], "best_epoch": best["epoch"]}
     if "test" in loaders and args.test_at_end:
         path = os.path.join(args.output_dir, "checkpoint-best.pth") if args.output_dir else ""
